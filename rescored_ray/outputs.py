@@ -1,0 +1,57 @@
+"""Writing results: every file appears whole or not at all.
+
+Files are written to a hidden temporary name in the destination folder and then
+renamed over the final name (atomic on POSIX), so a crash or a re-run never
+leaves a half-written score for someone to download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import soundfile
+
+from rescored_ray.types import Audio
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it over ``final`` on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    return write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_flac(path: str | os.PathLike, audio: Audio) -> Path:
+    """16-bit FLAC of a stem (clipped to [-1, 1]; Demucs output can overshoot slightly)."""
+    samples = np.clip(audio.samples, -1.0, 1.0).T
+    with atomic_path(path) as tmp:
+        soundfile.write(str(tmp), samples, audio.sample_rate, format="FLAC", subtype="PCM_16")
+    return Path(path)

@@ -1,0 +1,260 @@
+"""The whole job, one song: download -> decode -> separate -> transcribe -> notate.
+
+:class:`Pipeline` holds the loaded models (Demucs, Basic Pitch) and runs songs through
+them with a progress callback ``(percent, stage, message)`` in the Celery design's
+bands: download 5-20, separation 20-50, transcription 50-90, musicxml 90-100. The
+per-job temp dir is removed whatever happens. It imports no Ray: the Serve and batch
+layers wrap it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from rescored_ray import decode, notation, outputs, source
+from rescored_ray.config import PipelineConfig
+from rescored_ray.errors import PipelineError
+from rescored_ray.types import Audio, Note
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, str, str], None]
+"""``(percent, stage, message)``; percent only ever grows within a run."""
+
+Checkpoint = Callable[[], None]
+"""Called at stage boundaries and between Demucs chunks; a :class:`PipelineError` it raises
+(a soft time limit, a cancellation) stops the job and reaches the caller unchanged."""
+
+BANDS = {
+    "download": (5, 18),
+    "decode": (18, 20),
+    "separation": (20, 50),
+    "transcription": (50, 90),
+    "musicxml": (90, 100),
+}
+
+
+@dataclass
+class PipelineResult:
+    """What one finished job produced and what it learned on the way."""
+
+    job_id: str
+    source: str
+    title: str | None
+    duration_s: float
+    output_dir: str
+    outputs: dict[str, str]
+    n_notes: int
+    n_notes_by_stem: dict[str, int]
+    key: str
+    tempo_bpm: float
+    time_signature: str
+    separation_model: str
+    stems: list[str]
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Progress:
+    """Maps each stage's own 0..1 fraction onto its band and never goes backwards."""
+
+    def __init__(self, callback: ProgressCallback | None):
+        self.callback = callback
+        self.percent = 0
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        low, high = BANDS[stage]
+        percent = int(round(low + (high - low) * max(0.0, min(1.0, fraction))))
+        if percent < self.percent:
+            percent = self.percent
+        self.percent = percent
+        if self.callback is not None:
+            self.callback(percent, "download" if stage == "decode" else stage, message)
+
+
+class Pipeline:
+    """Runs songs through the models it holds; models load once, on first use."""
+
+    def __init__(self, config: PipelineConfig | None = None, *, separator=None, transcriber=None):
+        self.config = config or PipelineConfig()
+        self._separator = separator
+        self._transcriber = transcriber
+
+    # -- models ---------------------------------------------------------------------------
+    @property
+    def separator(self):
+        if self._separator is None and self.config.separation.enabled:
+            from rescored_ray.separation import Separator
+
+            self._separator = Separator(self.config.separation)
+        return self._separator
+
+    @property
+    def transcriber(self):
+        if self._transcriber is None:
+            from rescored_ray.transcription import Transcriber
+
+            self._transcriber = Transcriber(self.config.transcription)
+        return self._transcriber
+
+    def load_models(self) -> None:
+        """Load everything now (service start-up) rather than on the first song."""
+        _ = self.separator, self.transcriber
+
+    # -- one song -------------------------------------------------------------------------
+    def run(
+        self,
+        src: str,
+        output_dir: str | Path,
+        *,
+        progress: ProgressCallback | None = None,
+        checkpoint: Checkpoint | None = None,
+        job_id: str | None = None,
+    ) -> PipelineResult:
+        """Transcribe ``src`` (URL or local path) into ``output_dir``; raise :class:`PipelineError`."""
+        job_id = job_id or uuid.uuid4().hex
+        report = _Progress(progress)
+        check = checkpoint or (lambda: None)
+        timings: dict[str, float] = {}
+        output_dir = Path(output_dir)
+        cfg = self.config
+
+        with self._workdir(job_id) as workdir:
+            report("download", 0.0, "Validating source")
+            parsed = _in_stage("source", lambda: source.parse_source(src, cfg.source))
+            with _timed(timings, "download"):
+                fetched = _in_stage("download", lambda: source.fetch(
+                    parsed, workdir, cfg.source,
+                    progress=lambda f: report("download", f, "Downloading audio")))
+            check()
+            report("decode", 0.0, "Decoding audio")
+            with _timed(timings, "decode"):
+                audio = _in_stage("decode", lambda: decode.decode_audio(
+                    fetched.path, max_duration_s=cfg.source.max_duration_s))
+            if parsed.is_remote:
+                fetched.path.unlink(missing_ok=True)  # the decoded array is all we need now
+            report("decode", 1.0, f"Decoded {audio.duration_s:.1f} s of audio")
+            check()
+
+            stems = self._separate(audio, report, check, timings)
+            check()
+            notes = self._transcribe(stems, report, timings)
+            check()
+            result = self._write(job_id, src, fetched, audio, stems, notes, output_dir, report, timings)
+        report("musicxml", 1.0, "Transcription complete")
+        return result
+
+    def _separate(self, audio: Audio, report, check, timings) -> dict[str, Audio]:
+        if not self.config.separation.enabled:
+            report("separation", 1.0, "Separation off: transcribing the mix")
+            return {"mix": audio}
+        report("separation", 0.0, f"Separating stems with {self.config.separation.model}")
+        with _timed(timings, "separation"):
+            return _in_stage("separation", lambda: self.separator.separate(
+                audio,
+                progress=lambda f: report("separation", f, "Separating stems"),
+                checkpoint=check))
+
+    def _transcribe(self, stems: dict[str, Audio], report, timings) -> dict[str, list[Note]]:
+        report("transcription", 0.0, "Transcribing notes")
+        wanted = self.config.transcription.stems if "mix" not in stems else ["mix"]
+        missing = [name for name in wanted if name not in stems]
+        if missing and "mix" not in stems:
+            log.warning("stems %s not produced by %s; available: %s", missing, self.config.separation.model, list(stems))
+        with _timed(timings, "transcription"):
+            return _in_stage("transcription", lambda: self.transcriber.transcribe_stems(
+                stems, wanted,
+                progress=lambda f, name: report("transcription", f, f"Transcribed {name}")))
+
+    def _write(self, job_id, src, fetched, audio, stems, notes, output_dir: Path, report, timings) -> PipelineResult:
+        cfg = self.config
+        report("musicxml", 0.0, "Generating MusicXML")
+        with _timed(timings, "notation"):
+            notated = _in_stage("notation", lambda: notation.notate(
+                notes, cfg.notation, audio=audio.samples, sample_rate=audio.sample_rate))
+            written: dict[str, str] = {}
+            output_dir.mkdir(parents=True, exist_ok=True)
+            with outputs.atomic_path(output_dir / "score.musicxml") as tmp:
+                _in_stage("notation", lambda: notation.write_musicxml(notated.score, tmp))
+            written["musicxml"] = str(output_dir / "score.musicxml")
+            with outputs.atomic_path(output_dir / "score.mid") as tmp:
+                _in_stage("notation", lambda: notation.write_midi(notated.score, tmp))
+            written["midi"] = str(output_dir / "score.mid")
+        report("musicxml", 0.6, "Writing stems and preview")
+        warnings = list(notated.warnings)
+        with _timed(timings, "outputs"):
+            if cfg.write_stems and "mix" not in stems:
+                for name, stem in stems.items():
+                    written[f"stem:{name}"] = str(outputs.write_flac(output_dir / "stems" / f"{name}.flac", stem))
+            if cfg.write_preview:
+                try:
+                    svg = notation.render_svg(output_dir / "score.musicxml")
+                    written["preview"] = str(outputs.write_text(output_dir / "preview.svg", svg))
+                except Exception as exc:  # a preview is a convenience, never a reason to fail the job
+                    warnings.append(f"preview not rendered: {exc}")
+        timings = {k: round(v, 4) for k, v in timings.items()}
+        result = PipelineResult(
+            job_id=job_id,
+            source=src,
+            title=fetched.title,
+            duration_s=round(audio.duration_s, 3),
+            output_dir=str(output_dir),
+            outputs=written,
+            n_notes=notated.n_notes,
+            n_notes_by_stem=dict(notated.n_notes_by_stem),
+            key=notated.key,
+            tempo_bpm=round(float(notated.tempo_bpm), 2),
+            time_signature=notated.time_signature,
+            separation_model=cfg.separation.model,
+            stems=sorted(stems),
+            timings=timings,
+            warnings=warnings,
+        )
+        result.outputs["result"] = str(output_dir / "result.json")
+        outputs.write_json(output_dir / "result.json", result.to_dict())
+        return result
+
+    @contextmanager
+    def _workdir(self, job_id: str) -> Iterator[Path]:
+        parent = self.config.source.temp_dir
+        if parent:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f"rescored_{job_id[:32]}_", dir=parent))
+        try:
+            yield workdir
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+
+
+def _in_stage(stage: str, call):
+    """Run ``call``; give unexpected exceptions a stage (and treat them as transient)."""
+    try:
+        return call()
+    except PipelineError:
+        raise
+    except MemoryError as exc:
+        raise PipelineError(f"out of memory in {stage}", stage=stage, retryable=True) from exc
+    except Exception as exc:
+        log.exception("unexpected error in stage %s", stage)
+        raise PipelineError(f"unexpected error in {stage}: {type(exc).__name__}: {exc}", stage=stage,
+                            retryable=True) from exc

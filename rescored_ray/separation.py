@@ -1,0 +1,218 @@
+"""Source separation with Demucs: one loaded model, many songs.
+
+A :class:`Separator` loads its model once (by name from the Hugging Face cache or
+a local repo folder, ``demucs_unittest`` for tests, ``random:htdemucs`` for
+benchmarks) and then separates in-memory audio into named stems. On CUDA it runs
+in fp16 and falls back to the CPU for a song that runs out of GPU memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rescored_ray.config import SeparationConfig
+from rescored_ray.errors import NonRetryableError, RetryableError
+from rescored_ray.types import Audio
+
+log = logging.getLogger(__name__)
+
+STAGE = "separation"
+RANDOM_PREFIX = "random:"
+KNOWN_MODELS = ("htdemucs", "htdemucs_6s", "htdemucs_ft", "demucs_unittest")
+FOUR_STEMS = ["drums", "bass", "other", "vocals"]
+SIX_STEMS = ["drums", "bass", "other", "vocals", "guitar", "piano"]
+
+ProgressFn = Callable[[float], None]
+"""Called with the fraction of the song separated so far (0..1)."""
+
+
+class ModelLoadError(NonRetryableError):
+    """The model's weights cannot be had (offline, missing cache, bad repo folder)."""
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def load_demucs(name: str, repo: str | os.PathLike | None = None) -> torch.nn.Module:
+    """Load a Demucs model (or bag of models) the way ``demucs.pretrained`` does,
+    with errors that say why instead of Demucs' ``sys.exit``."""
+    from demucs.pretrained import get_model
+
+    if name.startswith(RANDOM_PREFIX):
+        return random_htdemucs(name[len(RANDOM_PREFIX):])
+    repo_path = Path(repo).expanduser() if repo else None
+    if repo_path is not None and not repo_path.is_dir():
+        raise ModelLoadError(f"Demucs repo folder {repo_path} does not exist or is not a folder", stage=STAGE)
+    try:
+        model = get_model(name, repo=repo_path)
+    except (Exception, SystemExit) as exc:  # Demucs calls sys.exit() on some failures
+        raise ModelLoadError(_load_failure_message(name, repo_path, exc), stage=STAGE) from exc
+    model.eval()
+    return model
+
+
+def _load_failure_message(name: str, repo: Path | None, exc: BaseException) -> str:
+    if repo is not None:
+        return (
+            f"Demucs model {name!r} could not be loaded from the local repo {repo}: {exc!r}. "
+            f"The folder needs {name}.yaml and the checkpoint files it lists."
+        )
+    from huggingface_hub import constants
+
+    return (
+        f"Demucs model {name!r} could not be loaded: it is not in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}) and the hub could not be reached"
+        f"{' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''}: {exc!r}. "
+        "On a connected machine run `huggingface-cli download adefossez/HTDemucs` (or the model's repo) "
+        "and copy the cache, or set separation.repo to a local Demucs repo folder."
+    )
+
+
+def random_htdemucs(name: str = "htdemucs") -> torch.nn.Module:
+    """A full-size HTDemucs with random weights: the real model's compute, no real output.
+
+    For benchmarks on machines that cannot download weights. Its stems are noise.
+    """
+    from demucs.htdemucs import HTDemucs
+
+    sources = {"htdemucs": FOUR_STEMS, "htdemucs_ft": FOUR_STEMS, "htdemucs_6s": SIX_STEMS}.get(name)
+    if sources is None:
+        raise ModelLoadError(f"no random-weight recipe for {name!r}; use one of htdemucs, htdemucs_6s", stage=STAGE)
+    torch.manual_seed(0)
+    model = HTDemucs(sources=list(sources), samplerate=44100, segment=Fraction(39, 5))
+    model.eval()
+    log.warning("separation model random:%s has RANDOM weights: for benchmarks only, its stems are noise", name)
+    return model
+
+
+class Separator:
+    """Holds one Demucs model and separates songs into stems."""
+
+    def __init__(self, config: SeparationConfig | None = None, *, model: torch.nn.Module | None = None):
+        self.config = config or SeparationConfig()
+        if not self.config.enabled:
+            raise ValueError("separation is switched off (model: none); do not build a Separator")
+        started = time.perf_counter()
+        self.model = model if model is not None else load_demucs(self.config.model, self.config.repo)
+        self.load_seconds = time.perf_counter() - started
+        self.device = resolve_device(self.config.device)
+        self.model.to(self.device)
+        self.cpu_fallbacks = 0
+        log.info("loaded Demucs %s on %s in %.1f s", self.config.model, self.device, self.load_seconds)
+
+    @property
+    def name(self) -> str:
+        return self.config.model
+
+    @property
+    def is_random(self) -> bool:
+        return self.config.model.startswith(RANDOM_PREFIX)
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.model.sources)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.samplerate)
+
+    def precision_for(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype, or None for plain fp32."""
+        precision = self.config.precision
+        if precision == "auto":
+            return torch.float16 if device.type == "cuda" else None
+        return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+    def separate(
+        self,
+        audio: Audio,
+        progress: ProgressFn | None = None,
+        checkpoint: Callable[[], None] | None = None,
+    ) -> dict[str, Audio]:
+        """Split ``audio`` into stems (name -> stereo Audio at the input's rate).
+
+        ``checkpoint`` is called between chunks; an exception it raises (a soft time
+        limit, a cancellation) abandons the song at once.
+        """
+        if audio.sample_rate != self.sample_rate:
+            raise NonRetryableError(
+                f"separator expects {self.sample_rate} Hz audio, got {audio.sample_rate} Hz", stage=STAGE
+            )
+        mix = torch.from_numpy(np.ascontiguousarray(audio.samples, dtype=np.float32))
+        reference = mix.mean(0)
+        mean, std = reference.mean(), reference.std()
+        if not torch.isfinite(std) or std < 1e-8:  # digital silence: nothing to separate
+            return {name: Audio(np.zeros_like(audio.samples), audio.sample_rate) for name in self.sources}
+        normalised = ((mix - mean) / std)[None]
+        try:
+            stems = self._apply_with_fallback(normalised, progress, checkpoint)
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        stems = stems[0] * std + mean
+        return {
+            name: Audio(stems[index].numpy().astype(np.float32, copy=False), audio.sample_rate)
+            for index, name in enumerate(self.sources)
+        }
+
+    def _apply_with_fallback(self, mix, progress, checkpoint) -> torch.Tensor:
+        try:
+            return self._apply(mix, self.device, progress, checkpoint)
+        except torch.cuda.OutOfMemoryError as exc:
+            if self.device.type != "cuda":
+                raise
+            self.cpu_fallbacks += 1
+            log.warning("CUDA out of memory separating a %.0f s song (%s); retrying this song on the CPU",
+                        mix.shape[-1] / self.sample_rate, exc)
+            torch.cuda.empty_cache()
+            return self._apply(mix, torch.device("cpu"), progress, checkpoint)
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower():
+                raise RetryableError(f"out of memory during separation: {exc}", stage=STAGE) from exc
+            raise
+
+    def _apply(self, mix: torch.Tensor, device: torch.device, progress, checkpoint) -> torch.Tensor:
+        """One call of Demucs' ``apply_model`` on ``device`` (the model moves there)."""
+        from demucs.apply import apply_model
+
+        length = mix.shape[-1]
+        cfg = self.config
+
+        def on_chunk(info: dict) -> None:
+            if checkpoint is not None:
+                checkpoint()
+            if progress is not None and info.get("state") == "end":
+                segment = float(cfg.segment or getattr(self.model, "segment", 8.0) or 8.0)
+                done = min(1.0, (info.get("segment_offset", 0) + segment * self.sample_rate) / length)
+                passes = max(1, cfg.shifts)
+                fraction = (info.get("model_idx_in_bag", 0) + (info.get("shift_idx", 0) + done) / passes)
+                progress(min(1.0, fraction / max(1, info.get("models", 1))))
+
+        dtype = self.precision_for(device)
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            out = apply_model(
+                self.model,
+                mix.to(device),
+                shifts=cfg.shifts,
+                split=True,
+                overlap=cfg.overlap,
+                device=device,
+                segment=cfg.segment,
+                callback=on_chunk,
+            )
+        return out.float().cpu()

@@ -1,0 +1,222 @@
+"""Note transcription with Spotify's Basic Pitch, run on its bundled ONNX model.
+
+A :class:`Transcriber` opens one onnxruntime session and transcribes arrays
+directly: no temp files, windows batched through the model, and Basic Pitch's own
+windowing, unwrapping and note decoding so results equal ``basic_pitch.inference.predict``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import soxr
+
+from rescored_ray.config import TranscriptionConfig
+from rescored_ray.errors import NonRetryableError, RetryableError
+from rescored_ray.types import Audio, Note
+
+log = logging.getLogger(__name__)
+
+STAGE = "transcription"
+PITCHED_STEMS = ("other", "bass", "vocals", "guitar", "piano", "mix")
+"""Stems that carry pitched notes; ``drums`` is never transcribed."""
+
+# Basic Pitch constants (basic_pitch.constants), repeated so importing this module stays cheap.
+MODEL_SAMPLE_RATE = 22050
+FFT_HOP = 256
+AUDIO_N_SAMPLES = MODEL_SAMPLE_RATE * 2 - FFT_HOP
+N_OVERLAPPING_FRAMES = 30
+OVERLAP_LEN = N_OVERLAPPING_FRAMES * FFT_HOP
+HOP_SIZE = AUDIO_N_SAMPLES - OVERLAP_LEN
+ANNOTATIONS_FPS = MODEL_SAMPLE_RATE // FFT_HOP
+OUTPUT_NAMES = ("StatefulPartitionedCall:1", "StatefulPartitionedCall:2", "StatefulPartitionedCall:0")
+INPUT_NAME = "serving_default_input_2:0"
+
+
+@contextlib.contextmanager
+def _quiet_basic_pitch_import():
+    """basic_pitch/__init__ logs a warning per missing backend (TF, CoreML, TFLite)."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _basic_pitch():
+    with _quiet_basic_pitch_import():
+        import basic_pitch
+        from basic_pitch import note_creation
+    return basic_pitch, note_creation
+
+
+def default_model_path() -> Path:
+    basic_pitch, _ = _basic_pitch()
+    return Path(basic_pitch.__file__).parent / "saved_models" / "icassp_2022" / "nmp.onnx"
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
+        raise NonRetryableError("transcription.device is cuda but onnxruntime has no CUDA provider", stage=STAGE)
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class Transcriber:
+    """Holds one Basic Pitch ONNX session and turns audio arrays into notes."""
+
+    def __init__(
+        self,
+        config: TranscriptionConfig | None = None,
+        *,
+        model_path: str | Path | None = None,
+        batch_windows: int = 16,
+        intra_op_threads: int | None = None,
+    ):
+        import onnxruntime as ort
+
+        self.config = config or TranscriptionConfig()
+        self.batch_windows = max(1, batch_windows)
+        path = Path(model_path) if model_path else default_model_path()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        started = time.perf_counter()
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=_providers(self.config.device))
+        except Exception as exc:
+            raise NonRetryableError(f"cannot load the Basic Pitch model {path}: {exc}", stage=STAGE) from exc
+        self.load_seconds = time.perf_counter() - started
+        self.providers = self.session.get_providers()
+        _, self._notes = _basic_pitch()
+        # An all-zero window normalises differently inside a batch than alone (0/0 in the
+        # model's dB scaling), so silent windows get the output of a lone zero window,
+        # exactly as stock Basic Pitch computes them, and skip the model.
+        silent = self._run(np.zeros((1, AUDIO_N_SAMPLES, 1), dtype=np.float32))
+        self._silent_output = {name: value[0] for name, value in zip(("note", "onset", "contour"), silent)}
+        self._output_shapes = {name: value.shape for name, value in self._silent_output.items()}
+        log.info("loaded Basic Pitch (%s) in %.2f s", self.providers[0], self.load_seconds)
+
+    # -- model output -------------------------------------------------------------------------
+    def model_output(self, audio: Audio | np.ndarray, sample_rate: int | None = None) -> dict[str, np.ndarray]:
+        """Basic Pitch's raw activations (``note``, ``onset``, ``contour``) for a recording."""
+        mono = self._model_input(audio, sample_rate)
+        original_length = mono.shape[0]
+        padded = np.concatenate([np.zeros(OVERLAP_LEN // 2, dtype=np.float32), mono])
+        windows = _windows(padded)
+        silent = ~np.any(windows, axis=(1, 2))
+        outputs = {name: np.empty((len(windows), *shape), dtype=np.float32) for name, shape in self._output_shapes.items()}
+        for name in outputs:
+            outputs[name][silent] = self._silent_output[name]
+        active = np.flatnonzero(~silent)
+        for start in range(0, len(active), self.batch_windows):
+            rows = active[start:start + self.batch_windows]
+            for name, value in zip(outputs, self._run(windows[rows])):
+                outputs[name][rows] = value
+        return {key: _unwrap(value, original_length) for key, value in outputs.items()}
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        try:
+            return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        except Exception as exc:  # onnxruntime raises plain RuntimeErrors (e.g. CUDA allocation)
+            raise RetryableError(f"Basic Pitch inference failed: {exc}", stage=STAGE) from exc
+
+    @staticmethod
+    def _model_input(audio: Audio | np.ndarray, sample_rate: int | None) -> np.ndarray:
+        if isinstance(audio, Audio):
+            samples, rate = audio.samples, audio.sample_rate
+        else:
+            samples, rate = np.asarray(audio), sample_rate
+            if rate is None:
+                raise ValueError("sample_rate is required with a bare array")
+        mono = samples.mean(axis=0) if samples.ndim == 2 else samples
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        if rate != MODEL_SAMPLE_RATE:
+            mono = soxr.resample(mono, rate, MODEL_SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+        return mono
+
+    # -- notes -------------------------------------------------------------------------------
+    def notes_from_output(self, output: Mapping[str, np.ndarray], stem: str = "mix") -> list[Note]:
+        """Decode activations into notes with Basic Pitch's own polyphonic decoder."""
+        cfg = self.config
+        if output["note"].shape[0] < 2:  # under ~12 ms of audio: nothing a note could fit in
+            return []
+        min_note_len = int(np.round(cfg.minimum_note_length_ms / 1000 * (MODEL_SAMPLE_RATE / FFT_HOP)))
+        events = self._notes.output_to_notes_polyphonic(
+            output["note"],
+            output["onset"],
+            onset_thresh=cfg.onset_threshold,
+            frame_thresh=cfg.frame_threshold,
+            infer_onsets=True,
+            min_note_len=min_note_len,
+            min_freq=cfg.minimum_frequency,
+            max_freq=cfg.maximum_frequency,
+            melodia_trick=cfg.melodia_trick,
+        )
+        times = self._notes.model_frames_to_time(output["contour"].shape[0])
+        notes = [
+            Note(
+                start_s=float(times[start]),
+                end_s=float(times[end]),
+                pitch=int(pitch),
+                velocity=int(np.clip(round(127 * float(amplitude)), 1, 127)),
+                stem=stem,
+                amplitude=float(amplitude),
+            )
+            for start, end, pitch, amplitude in events
+        ]
+        notes.sort(key=lambda n: (n.start_s, n.pitch))
+        return notes
+
+    def transcribe(self, audio: Audio, stem: str = "mix") -> list[Note]:
+        """Notes of one recording or stem, tagged with ``stem``."""
+        if audio.frames == 0:
+            return []
+        return self.notes_from_output(self.model_output(audio), stem=stem)
+
+    def transcribe_stems(
+        self,
+        stems: Mapping[str, Audio],
+        wanted: Iterable[str] | None = None,
+        progress: Callable[[float, str], None] | None = None,
+    ) -> dict[str, list[Note]]:
+        """Transcribe each pitched stem asked for (drums are always skipped)."""
+        names = [n for n in (wanted or self.config.stems) if n in stems and n != "drums"]
+        if not names and "mix" in stems:
+            names = ["mix"]
+        result: dict[str, list[Note]] = {}
+        for index, name in enumerate(names):
+            result[name] = self.transcribe(stems[name], stem=name)
+            if progress is not None:
+                progress((index + 1) / len(names), name)
+        return result
+
+
+def _windows(padded: np.ndarray) -> np.ndarray:
+    """Basic Pitch's windowing (``window_audio_file``), as one (n, samples, 1) array."""
+    starts = range(0, padded.shape[0], HOP_SIZE)
+    windows = np.zeros((len(starts), AUDIO_N_SAMPLES, 1), dtype=np.float32)
+    for row, start in enumerate(starts):
+        chunk = padded[start:start + AUDIO_N_SAMPLES]
+        windows[row, : chunk.shape[0], 0] = chunk
+    return windows
+
+
+def _unwrap(output: np.ndarray, original_length: int) -> np.ndarray:
+    """Basic Pitch's ``unwrap_output``: drop overlaps, join windows, trim to the audio."""
+    n_olap = N_OVERLAPPING_FRAMES // 2
+    output = output[:, n_olap:-n_olap, :]
+    n_frames = int(np.floor(original_length * (ANNOTATIONS_FPS / MODEL_SAMPLE_RATE)))
+    return output.reshape(output.shape[0] * output.shape[1], output.shape[2])[:n_frames, :]
