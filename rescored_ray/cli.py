@@ -56,7 +56,7 @@ def transcribe(
     try:
         cfg = load_config(config, overrides=overrides)
     except Exception as exc:
-        err.print(f"[red]error:[/red] invalid configuration: {exc}".splitlines()[0])
+        _fail(f"error (config, permanent): invalid configuration: {' '.join(str(exc).split())}")
         raise typer.Exit(2)
 
     pipeline = Pipeline(cfg)
@@ -70,9 +70,7 @@ def transcribe(
                 result = pipeline.run(source, output,
                                       progress=lambda pct, stage, msg: bar.update(task, completed=pct, description=msg))
     except PipelineError as exc:
-        kind = "permanent" if not exc.retryable else "transient"
-        err.print(f"error ({exc.stage}, {kind}): {exc.message}", markup=False, highlight=False)
-        raise typer.Exit(1 if exc.retryable else 2)
+        _fail_with(exc)
     summary = (f"{result.n_notes} notes, key {result.key}, {result.tempo_bpm:g} bpm, "
                f"{result.duration_s:.1f} s of audio in {sum(result.timings.values()):.1f} s")
     if not quiet:
@@ -82,8 +80,19 @@ def transcribe(
     typer.echo(result.outputs["musicxml"])
 
 
+def _fail(line: str) -> None:
+    """One unwrapped line on stderr (scripts grep it), never a rich-wrapped paragraph."""
+    typer.echo(line, err=True)
+
+
+def _fail_with(exc: PipelineError) -> None:
+    kind = "transient" if exc.retryable else "permanent"
+    _fail(f"error ({exc.stage}, {kind}): {' '.join(exc.message.split())}")
+    raise typer.Exit(1 if exc.retryable else 2)
+
+
 def _log_progress(percent: int, stage: str, message: str) -> None:
-    err.print(f"[{percent:3d}%] {stage}: {message}", markup=False, highlight=False)
+    typer.echo(f"[{percent:3d}%] {stage}: {message}", err=True)
 
 
 @app.command()
@@ -94,8 +103,7 @@ def expand(url: str = typer.Argument(..., help="Playlist URL (YouTube playlist, 
     try:
         entries = expand_playlist(url)
     except PipelineError as exc:
-        err.print(f"error ({exc.stage}): {exc.message}", markup=False, highlight=False)
-        raise typer.Exit(1 if exc.retryable else 2)
+        _fail_with(exc)
     for entry in entries:
         typer.echo(json.dumps(entry.to_dict()))
 

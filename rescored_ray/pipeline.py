@@ -60,10 +60,16 @@ class PipelineResult:
     separation_model: str
     stems: list[str]
     timings: dict[str, float]
+    time_offset_s: float = 0.0
+    """Audio time of the score's first beat (the quantisation grid's phase)."""
     warnings: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list, repr=False)
+    """The cleaned notes behind the score, in seconds (not written to result.json)."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("notes")
+        return data
 
 
 class _Progress:
@@ -219,7 +225,9 @@ class Pipeline:
             separation_model=cfg.separation.model,
             stems=sorted(stems),
             timings=timings,
+            time_offset_s=round(notated.time_offset_s, 4),
             warnings=warnings,
+            notes=[n for stem_notes in notated.notes.values() for n in stem_notes],
         )
         result.outputs["result"] = str(output_dir / "result.json")
         outputs.write_json(output_dir / "result.json", result.to_dict())

@@ -217,6 +217,7 @@ PERMANENT_PATTERNS = [
     (re.compile(r"requested format is not available|no (audio|video) formats found", re.I), "no audio stream is offered"),
     (re.compile(r"is not a valid URL|invalid url", re.I), "the URL is not valid"),
     (re.compile(r"larger than max-filesize", re.I), "the file is larger than the download limit"),
+    (re.compile(r"did not get any data blocks", re.I), "the server sent an empty file"),
 ]
 
 

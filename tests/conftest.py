@@ -1,0 +1,172 @@
+"""Shared fixtures: real rendered audio with exact ground truth, served over loopback HTTP.
+
+Session fixtures (all built once, in parallel threads, under one tmp dir):
+
+- ``media_set`` -> :class:`MediaSet` (everything below, plus build timings)
+- ``media_dir`` -> Path of the served directory
+- ``chorale`` -> RenderedPiece for ``chorale.wav`` (bach/bwv66.6, piano, 90 bpm, 24.75 s)
+- ``chorale_encoded`` -> {"mp3"|"flac"|"ogg"|"opus"|"m4a"|"webm": Path} (``chorale.<ext>``)
+- ``band_mix`` -> RenderedPiece for ``mix.wav`` (piano + fingered bass + drums, 100 bpm, 15.75 s)
+- ``broken_inputs`` -> dict from :func:`tests.media.make_broken_inputs` (files in media_dir)
+- ``http_server`` -> running :class:`tests.media.MediaServer` over media_dir (``.base_url``, ``.url(name)``)
+- ``rss_feed_info`` -> :class:`FeedInfo` (feed.xml with 4 rendered chorales + 1 broken item)
+- ``rss_feed`` -> the feed's URL (str)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.media import (
+    CONTENT_TYPES,
+    FeedItem,
+    MediaServer,
+    RenderedPiece,
+    encode,
+    make_broken_inputs,
+    render_band_mix,
+    render_chorale,
+    write_rss_feed,
+)
+
+CHORALE_CORPUS = "bach/bwv66.6"
+CHORALE_TEMPO = 90
+ENCODED_FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "webm")
+
+# (corpus name, output format) for the podcast feed; ~12-15 s each at 100 bpm.
+FEED_PIECES = (
+    ("bach/bwv66.6", "mp3"),
+    ("bach/bwv26.6", "m4a"),
+    ("bach/bwv40.8", "opus"),
+    ("bach/bwv244.3", "mp3"),
+)
+FEED_TEMPO = 100
+_WORKERS = max(2, min(4, os.cpu_count() or 2))
+FEED_MAX_SECONDS = 15.0
+
+
+@dataclass
+class MediaSet:
+    dir: Path
+    chorale: RenderedPiece
+    encoded: dict[str, Path]
+    band_mix: RenderedPiece
+    broken: dict[str, Path]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FeedInfo:
+    url: str  # URL of feed.xml on the http_server
+    path: Path  # local feed.xml
+    items: list[FeedItem]  # in feed order; the broken one has piece=None
+    broken_index: int  # index of the item whose enclosure URL returns 404
+    build_s: float = 0.0
+
+    @property
+    def good_items(self) -> list[FeedItem]:
+        return [it for it in self.items if it.piece is not None]
+
+
+def _timed(timings: dict, key: str, fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    timings[key] = round(time.perf_counter() - t, 3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def media_set(tmp_path_factory) -> MediaSet:
+    d = tmp_path_factory.mktemp("media")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # fluidsynth runs as a subprocess and PyAV releases the GIL while encoding,
+    # so threads overlap the work on multi-core machines.
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        f_chorale = pool.submit(_timed, timings, "render_chorale", render_chorale, d, CHORALE_CORPUS,
+                                tempo_bpm=CHORALE_TEMPO, name="chorale")
+        f_mix = pool.submit(_timed, timings, "render_band_mix", render_band_mix, d, CHORALE_CORPUS, name="mix")
+        chorale = f_chorale.result()
+        f_enc = {fmt: pool.submit(_timed, timings, f"encode_{fmt}", encode, chorale.path, fmt)
+                 for fmt in ENCODED_FORMATS}
+        f_broken = pool.submit(_timed, timings, "make_broken_inputs", make_broken_inputs, d, chorale,
+                               source_mp3=f_enc["mp3"].result())
+        encoded = {fmt: f.result() for fmt, f in f_enc.items()}
+        band_mix = f_mix.result()
+        broken = f_broken.result()
+    timings["total"] = round(time.perf_counter() - t0, 3)
+    return MediaSet(d, chorale, encoded, band_mix, broken, timings)
+
+
+@pytest.fixture(scope="session")
+def media_dir(media_set) -> Path:
+    return media_set.dir
+
+
+@pytest.fixture(scope="session")
+def chorale(media_set) -> RenderedPiece:
+    return media_set.chorale
+
+
+@pytest.fixture(scope="session")
+def chorale_encoded(media_set) -> dict[str, Path]:
+    return media_set.encoded
+
+
+@pytest.fixture(scope="session")
+def band_mix(media_set) -> RenderedPiece:
+    return media_set.band_mix
+
+
+@pytest.fixture(scope="session")
+def broken_inputs(media_set) -> dict[str, Path]:
+    return media_set.broken
+
+
+@pytest.fixture(scope="session")
+def http_server(media_dir):
+    with MediaServer(media_dir) as server:
+        yield server
+
+
+def _feed_piece(out_dir: Path, corpus: str, fmt: str) -> tuple[RenderedPiece, Path]:
+    piece = render_chorale(out_dir, corpus, tempo_bpm=FEED_TEMPO, max_seconds=FEED_MAX_SECONDS)
+    return piece, encode(piece.path, fmt)
+
+
+@pytest.fixture(scope="session")
+def rss_feed_info(media_dir, http_server) -> FeedInfo:
+    t0 = time.perf_counter()
+    feed_dir = media_dir / "feed"
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        futures = [pool.submit(_feed_piece, feed_dir, c, fmt) for c, fmt in FEED_PIECES]
+        rendered = [f.result() for f in futures]
+    items = []
+    for (corpus, _), (piece, audio) in zip(FEED_PIECES, rendered):
+        items.append(FeedItem(
+            title=f"Chorale {corpus.split('/')[-1].upper()}",
+            url=http_server.url(audio.relative_to(media_dir)),
+            mime=CONTENT_TYPES[audio.suffix],
+            length=audio.stat().st_size,
+            duration_s=piece.duration_s,
+            guid=f"rescored-test-{piece.name}",
+            piece=piece,
+        ))
+    broken_index = 2
+    items.insert(broken_index, FeedItem(
+        title="Missing episode", url=http_server.url("feed/missing-episode.mp3"), mime="audio/mpeg",
+        length=123456, duration_s=30.0, guid="rescored-test-missing", piece=None,
+    ))
+    path = write_rss_feed(media_dir / "feed.xml", items, link=http_server.base_url + "/")
+    return FeedInfo(http_server.url("feed.xml"), path, items, broken_index, round(time.perf_counter() - t0, 3))
+
+
+@pytest.fixture(scope="session")
+def rss_feed(rss_feed_info) -> str:
+    return rss_feed_info.url
