@@ -1,0 +1,58 @@
+"""Assembling the Serve application: ledger, model deployments, worker slots, ingress.
+
+``build_app(config)`` is what ``rescored-ray serve`` runs; ``app_builder`` is the
+import path for ``serve run``/``serve deploy`` (``rescored_ray.service.app:app_builder``
+with ``args: {config: configs/serve.yaml}``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from rescored_ray.service.config import DeploymentOptions, ServiceConfig, load_service_config
+from rescored_ray.service.ingress import Ingress
+from rescored_ray.service.ledger_deployment import LedgerDeployment
+from rescored_ray.service.models import SeparatorDeployment, TranscriberDeployment
+from rescored_ray.service.worker import PipelineWorker
+
+
+def _gpus_available() -> bool:
+    import ray
+
+    return bool(ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0)
+
+
+def _model_options(options: DeploymentOptions, num_gpus: float) -> dict[str, Any]:
+    scaling: dict[str, Any] = {"ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": num_gpus},
+                               "max_ongoing_requests": options.max_ongoing_requests}
+    if options.max_replicas > options.min_replicas:
+        scaling["autoscaling_config"] = {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
+                                         "target_ongoing_requests": options.target_ongoing_requests}
+    else:
+        scaling["num_replicas"] = options.min_replicas or 1
+    return scaling
+
+
+def build_app(config: ServiceConfig, gpus_available: bool | None = None) -> Application:
+    gpus = _gpus_available() if gpus_available is None else gpus_available
+    data = config.model_dump()
+    ledger = LedgerDeployment.options(ray_actor_options={"num_cpus": 0}).bind(data)
+    separator = None  # a service for solo recordings (separation: none) deploys no Demucs at all
+    if config.pipeline.separation.enabled:
+        separator = SeparatorDeployment.options(
+            **_model_options(config.separator, config.gpus_for("separator", gpus))
+        ).bind(config.pipeline.separation.model_dump())
+    transcriber = TranscriberDeployment.options(
+        **_model_options(config.transcriber, config.gpus_for("transcriber", gpus))
+    ).bind(config.pipeline.transcription.model_dump())
+    worker = PipelineWorker.options(
+        num_replicas=config.worker_slots, ray_actor_options={"num_cpus": config.worker_num_cpus},
+    ).bind(data, ledger, separator, transcriber)
+    return Ingress.options(ray_actor_options={"num_cpus": 0}).bind(data, ledger, worker)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Entry point for ``serve run rescored_ray.service.app:app_builder config=configs/serve.yaml``."""
+    return build_app(load_service_config(args.get("config")))

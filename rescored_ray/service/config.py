@@ -1,0 +1,111 @@
+"""Settings of the Ray Serve service: data dir, worker slots, time limits, deployments.
+
+The pipeline's own settings (:class:`~rescored_ray.config.PipelineConfig`) sit under
+``pipeline:``; the service adds what only a long-running, multi-user process needs.
+Environment variables override both: ``RESCORED_DATA_DIR``, ``RESCORED_WORKER_SLOTS``,
+``RESCORED_ALLOW_PRIVATE_NETWORKS=1`` for the service, ``RESCORED_SEPARATION_MODEL``
+and friends for the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from rescored_ray.config import PipelineConfig, _deep_merge, env_overrides
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeploymentOptions(_Section):
+    """Resources and autoscaling of one model deployment."""
+
+    num_gpus: float | None = Field(None, ge=0, description="None = the default share when GPUs exist, else 0.")
+    num_cpus: float = Field(1.0, ge=0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(1.0, gt=0)
+    max_ongoing_requests: int = Field(4, ge=1)
+
+
+class SecurityConfig(_Section):
+    allow_private_networks: bool = Field(False, description="Accept loopback/private-range URLs (tests, intranets).")
+
+
+class ServiceConfig(_Section):
+    """Everything ``rescored-ray serve`` needs; one file, ``configs/serve.yaml``."""
+
+    data_dir: str = Field("~/.rescored", description="Ledger database, temp dirs and (by default) results.")
+    storage_uri: str | None = Field(None, description="pyarrow.fs URI for results; default <data_dir>/results.")
+    worker_slots: int = Field(1, ge=1, description="Jobs running at once; each slot runs one job at a time.")
+    worker_num_cpus: float = Field(0.5, ge=0)
+    lease_s: float = Field(30.0, gt=0, description="A job whose worker misses heartbeats this long is re-queued.")
+    heartbeat_s: float = Field(5.0, gt=0)
+    poll_s: float = Field(0.5, gt=0, description="Idle worker's wait between queue polls.")
+    soft_time_limit_s: float = Field(540.0, gt=0)
+    hard_time_limit_s: float = Field(600.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(600.0, ge=0)
+    result_ttl_s: float = Field(30 * 86400.0, gt=0)
+    failed_ttl_s: float = Field(86400.0, gt=0)
+    expiry_sweep_s: float = Field(300.0, gt=0)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    separator: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_gpus=None))
+    transcriber: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_gpus=None))
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def results_uri(self) -> str:
+        return self.storage_uri or str(self.data_path / "results")
+
+    def gpus_for(self, name: str, gpus_available: bool) -> float:
+        """The deployment's GPU share: configured, else 0.5 (Demucs) / 0.25 (Basic Pitch) on GPU nodes."""
+        configured = getattr(self, name).num_gpus
+        if configured is not None:
+            return configured
+        return {"separator": 0.5, "transcriber": 0.25}[name] if gpus_available else 0.0
+
+
+SERVICE_ENV = {
+    "RESCORED_DATA_DIR": ("data_dir",),
+    "RESCORED_STORAGE_URI": ("storage_uri",),
+    "RESCORED_WORKER_SLOTS": ("worker_slots",),
+    "RESCORED_ALLOW_PRIVATE_NETWORKS": ("security", "allow_private_networks"),
+    "RESCORED_SOFT_TIME_LIMIT_S": ("soft_time_limit_s",),
+    "RESCORED_HARD_TIME_LIMIT_S": ("hard_time_limit_s",),
+}
+
+
+def load_service_config(
+    path: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServiceConfig:
+    """Defaults, then the YAML file, then environment variables, then ``overrides``."""
+    env = os.environ if env is None else env
+    data: dict = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        data = loaded.get("rescored", loaded) if isinstance(loaded, dict) else {}
+    from_env: dict = {"pipeline": env_overrides(env)}
+    for name, field_path in SERVICE_ENV.items():
+        if name in env:
+            node = from_env
+            for part in field_path[:-1]:
+                node = node.setdefault(part, {})
+            node[field_path[-1]] = yaml.safe_load(env[name]) if env[name] != "" else None
+    data = _deep_merge(data, from_env)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return ServiceConfig.model_validate(data)

@@ -1,0 +1,286 @@
+"""HTTP + WebSocket front door (FastAPI on Ray Serve), compatible with the Rescored API.
+
+The ingress only validates, deduplicates and records: jobs go into the ledger and
+workers pick them up. Everything it returns comes from the ledger and the results
+store, so any ingress replica on any node answers for any job.
+"""
+
+
+import asyncio
+import datetime as dt
+import ipaddress
+import re
+import socket
+import urllib.parse
+from typing import Literal
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import serve
+
+from rescored_ray.errors import NonRetryableError
+from rescored_ray.service.config import ServiceConfig
+from rescored_ray.service.ledger import JobStatus, dedup_key
+from rescored_ray.source import parse_source
+from rescored_ray.storage import ResultStore
+
+API = "/api/v1"
+FINAL_EVENTS = {"completed", "error", "cancelled"}
+STEM_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+HEARTBEAT_S = 30.0
+POLL_S = 0.2
+
+app = FastAPI(title="rescored-ray", version="0.1.0",
+              description="Recorded music to sheet music: submit a URL, follow progress, download the score.")
+
+
+class JobOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stems: list[str] | None = Field(None, max_length=8)
+    separation: str | None = Field(None, max_length=64, description="Deployed Demucs model name, or 'none'.")
+    tempo_override: float | None = Field(None, gt=0, le=400)
+    key_override: str | None = Field(None, max_length=32)
+
+
+class TranscribeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(None, max_length=4096)
+    youtube_url: str | None = Field(None, max_length=4096, description="Accepted for compatibility; same as url.")
+    options: JobOptions = Field(default_factory=JobOptions)
+    priority: Literal["default", "high"] = "default"
+
+    @model_validator(mode="after")
+    def _one_url(self):
+        if not (self.url or self.youtube_url):
+            raise ValueError("url is required")
+        return self
+
+    @property
+    def source(self) -> str:
+        return (self.url or self.youtube_url).strip()
+
+
+def _iso(ts: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat() if ts else None
+
+
+def _error(status: int, message: str, **extra) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, **extra})
+
+
+def check_public_host(url: str, allow_private: bool) -> None:
+    """Refuse URLs whose host resolves to loopback, private, link-local or reserved addresses."""
+    if allow_private:
+        return
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return  # unresolvable now: the download fails later as a retryable error
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global or address.is_multicast:
+            raise NonRetryableError(f"URL host {host!r} resolves to a non-public address ({address})", stage="source")
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, exc: RequestValidationError):
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
+    return _error(400, f"invalid request: {where + ': ' if where else ''}{first.get('msg', 'malformed body')}")
+
+
+def _final_event(job):
+    from rescored_ray.service.ledger import JobEvent
+
+    kind = {"completed": "completed", "failed": "error", "cancelled": "cancelled"}[job.status.value]
+    data = {"result": job.result} if kind == "completed" else {"error": job.error} if kind == "error" else {}
+    return JobEvent(job_id=job.job_id, seq=0, type=kind, data=data, at=job.updated_at)
+
+
+def _message(job_id: str, event) -> dict:
+    """A ledger event as the Celery design's WebSocket message."""
+    message = {"type": event.type, "job_id": job_id, "timestamp": _iso(event.at)}
+    data = event.data or {}
+    if event.type == "progress":
+        message.update(progress=data.get("progress"), stage=data.get("stage"), message=data.get("message"))
+    elif event.type == "completed":
+        message["result_url"] = f"{API}/scores/{job_id}"
+    elif event.type in ("error", "retrying"):
+        message["error"] = data.get("error")
+        if event.type == "retrying":
+            message.update(retry_in_s=data.get("retry_in_s"), attempt=data.get("attempt"))
+    return message
+
+
+def _public_result(result: dict | None) -> dict | None:
+    if not result:
+        return None
+    keep = ("title", "duration_s", "n_notes", "n_notes_by_stem", "key", "tempo_bpm", "time_signature",
+            "separation_model", "stems", "timings", "warnings", "time_offset_s")
+    return {k: result.get(k) for k in keep if k in result}
+
+
+@serve.deployment(name="Ingress", num_replicas=1, max_ongoing_requests=200)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, config: dict, ledger, worker):
+        self.config = ServiceConfig.model_validate(config)
+        self.ledger = ledger
+        self.worker = worker
+        self.results = ResultStore(self.config.results_uri)
+
+    # -- submission --------------------------------------------------------------------------
+    @app.post(f"{API}/transcribe", status_code=201)
+    async def transcribe(self, body: TranscribeRequest, request: Request):
+        try:
+            source = parse_source(body.source, self.config.pipeline.source.model_copy(update={"allow_local_files": False}))
+            if source.is_remote:
+                check_public_host(source.location, self.config.security.allow_private_networks)
+            options = self._normalised_options(body.options)
+        except NonRetryableError as exc:
+            return _error(400, exc.message)
+        job, deduplicated = await self.ledger.submit.remote(source.location, dedup_key(source.key, options),
+                                                            options, body.priority)
+        separated = (options.get("separation") or self.config.pipeline.separation.model) != "none"
+        base = str(request.base_url).rstrip("/")
+        ws_base = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        return JSONResponse(status_code=201, content={
+            "job_id": job.job_id,
+            "status": job.status.value,
+            "created_at": _iso(job.created_at),
+            "estimated_duration_seconds": 120 if separated else 20,
+            "websocket_url": f"{ws_base}{API}/jobs/{job.job_id}/stream",
+            "deduplicated": deduplicated,
+        })
+
+    def _normalised_options(self, options: JobOptions) -> dict:
+        """Only what changes the output, in canonical form, so equal requests dedup."""
+        data = {k: v for k, v in options.model_dump().items() if v is not None}
+        deployed = self.config.pipeline.separation.model
+        if data.get("separation") not in (None, "none", deployed):
+            raise NonRetryableError(f"separation model {data['separation']!r} is not deployed here "
+                                    f"(available: {deployed!r}, 'none')", stage="source")
+        if data.get("separation") == deployed:
+            del data["separation"]
+        if "stems" in data:
+            bad = [s for s in data["stems"] if not STEM_NAME.match(s)]
+            if bad:
+                raise NonRetryableError(f"invalid stem names: {bad}", stage="source")
+            data["stems"] = sorted(set(data["stems"]))
+        if data.get("key_override"):
+            from rescored_ray.notation import parse_key
+
+            parse_key(data["key_override"])
+        return data
+
+    # -- status ------------------------------------------------------------------------------
+    @app.get(f"{API}/jobs/{{job_id}}")
+    async def job_status(self, job_id: str, request: Request):
+        job = await self.ledger.get.remote(job_id)
+        if job is None:
+            return _error(404, "job not found")
+        return self._view(job, str(request.base_url).rstrip("/"))
+
+    def _view(self, job, base: str = "") -> dict:
+        return {
+            "job_id": job.job_id,
+            "status": job.status.value,
+            "priority": job.priority,
+            "source": job.source,
+            "options": job.options,
+            "progress": job.progress,
+            "current_stage": job.current_stage,
+            "status_message": job.status_message,
+            "created_at": _iso(job.created_at),
+            "started_at": _iso(job.started_at),
+            "completed_at": _iso(job.completed_at),
+            "failed_at": _iso(job.failed_at),
+            "cancelled_at": _iso(job.cancelled_at),
+            "expires_at": _iso(job.expires_at),
+            "attempts": [a.to_dict() for a in job.attempts],
+            "error": job.error,
+            "result": _public_result(job.result),
+            "result_url": f"{base}{API}/scores/{job.job_id}" if job.status == JobStatus.COMPLETED else None,
+        }
+
+    @app.delete(f"{API}/jobs/{{job_id}}")
+    async def cancel(self, job_id: str):
+        job = await self.ledger.cancel.remote(job_id)
+        if job is None:
+            return _error(404, "job not found")
+        return {"job_id": job_id, "status": job.status.value, "cancel_requested": job.cancel_requested}
+
+    @app.get(f"{API}/queue")
+    async def queue(self):
+        stats = await self.ledger.queue_stats.remote()
+        return {**stats, "worker_slots": self.config.worker_slots}
+
+    @app.get("/healthz")
+    async def healthz(self):
+        await self.ledger.queue_stats.remote()
+        return {"status": "ok"}
+
+    # -- results -----------------------------------------------------------------------------
+    async def _file(self, job_id: str, name: str, media_type: str, filename: str):
+        job = await self.ledger.get.remote(job_id)
+        if job is None:
+            return _error(404, "job not found")
+        if job.status != JobStatus.COMPLETED or not job.result:
+            return _error(404, f"no result yet: job is {job.status.value}")
+        key = (job.result.get("outputs") or {}).get(name)
+        if key is None:
+            return _error(404, f"this job has no {name}")
+        data = await asyncio.to_thread(self.results.read_bytes, key)
+        return Response(content=data, media_type=media_type,
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+    @app.get(f"{API}/scores/{{job_id}}")
+    async def score(self, job_id: str):
+        return await self._file(job_id, "score.musicxml", "application/vnd.recordare.musicxml+xml",
+                                f"{job_id}.musicxml")
+
+    @app.get(f"{API}/scores/{{job_id}}/midi")
+    async def midi(self, job_id: str):
+        return await self._file(job_id, "score.mid", "audio/midi", f"{job_id}.mid")
+
+    @app.get(f"{API}/scores/{{job_id}}/stems/{{stem}}")
+    async def stem(self, job_id: str, stem: str):
+        if not STEM_NAME.match(stem):
+            return _error(400, "invalid stem name")
+        return await self._file(job_id, f"stems/{stem}.flac", "audio/flac", f"{job_id}-{stem}.flac")
+
+    # -- live progress -----------------------------------------------------------------------
+    @app.websocket(f"{API}/jobs/{{job_id}}/stream")
+    async def stream(self, websocket: WebSocket, job_id: str):
+        await websocket.accept()
+        job = await self.ledger.get.remote(job_id)
+        if job is None:
+            await websocket.send_json({"type": "error", "job_id": job_id, "error": {"message": "job not found"}})
+            await websocket.close()
+            return
+        past = await self.ledger.events.remote(job_id, 0, 100000)
+        seq = past[-1].seq if past else 0
+        await websocket.send_json({"type": "state", **self._view(job)})
+        if job.status.terminal:
+            await websocket.send_json(_message(job_id, _final_event(job)))
+            await websocket.close()
+            return
+        last_beat = asyncio.get_running_loop().time()
+        try:
+            while True:
+                for event in await self.ledger.events.remote(job_id, seq):
+                    seq = event.seq
+                    await websocket.send_json(_message(job_id, event))
+                    if event.type in FINAL_EVENTS:
+                        await websocket.close()
+                        return
+                now = asyncio.get_running_loop().time()
+                if now - last_beat >= HEARTBEAT_S:
+                    await websocket.send_json({"type": "heartbeat", "job_id": job_id, "timestamp": _iso(dt.datetime.now().timestamp())})
+                    last_beat = now
+                await asyncio.sleep(POLL_S)
+        except WebSocketDisconnect:
+            return

@@ -1,0 +1,181 @@
+"""Pipeline workers: each replica is one worker slot running one job at a time.
+
+A worker leases the next job from the ledger (high priority first), keeps the lease
+alive with heartbeats while it runs, and only then acknowledges (complete/fail): a
+worker that dies mid-job simply stops heartbeating, its lease expires and the job is
+queued again (the Celery design's ``acks_late`` + ``prefetch_multiplier=1``). The
+pipeline's checkpoint hook turns cancellation, a lost lease and the soft time limit
+into exceptions at stage boundaries and between Demucs chunks; the hard time limit
+fails this replica's health check so Serve kills and replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+
+from ray import serve
+
+from rescored_ray.config import PipelineConfig
+from rescored_ray.errors import NonRetryableError, PipelineError, RetryableError
+from rescored_ray.pipeline import Pipeline
+from rescored_ray.service.config import ServiceConfig
+from rescored_ray.service.models import RemoteSeparator, RemoteTranscriber
+from rescored_ray.storage import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+class TimeLimitExceeded(RetryableError):
+    """The soft time limit passed: this attempt stops and the job is retried."""
+
+
+class JobCancelled(PipelineError):
+    """The user cancelled the job while it ran."""
+
+
+class LeaseLost(RetryableError):
+    """Our lease expired (we were too slow to heartbeat); another worker owns the job now."""
+
+
+def job_pipeline_config(base: PipelineConfig, options: dict) -> PipelineConfig:
+    """The service's pipeline config with one job's options applied."""
+    update: dict = {}
+    if options.get("separation"):
+        update.setdefault("separation", {})["model"] = options["separation"]
+    if options.get("stems"):
+        update.setdefault("transcription", {})["stems"] = options["stems"]
+    for key in ("tempo_override", "key_override"):
+        if options.get(key) is not None:
+            update.setdefault("notation", {})[key] = options[key]
+    data = base.model_dump()
+    for section, values in update.items():
+        data[section].update(values)
+    return PipelineConfig.model_validate(data)
+
+
+@serve.deployment(name="PipelineWorker", max_ongoing_requests=4, health_check_period_s=2,
+                  health_check_timeout_s=10, graceful_shutdown_timeout_s=5)
+class PipelineWorker:
+    """One worker slot: a background loop that leases and runs jobs."""
+
+    def __init__(self, config: dict, ledger, separator, transcriber):
+        self.config = ServiceConfig.model_validate(config)
+        self.ledger = ledger
+        self.separator = RemoteSeparator(separator) if separator is not None else None
+        self.transcriber = RemoteTranscriber(transcriber, self.config.pipeline.transcription)
+        self.store = ResultStore(self.config.results_uri)
+        self.worker_id = f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.current: tuple[str, float] | None = None  # (job_id, monotonic start)
+        self.jobs_done = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rescored-worker", daemon=True)
+        self._thread.start()
+
+    # -- serve hooks ------------------------------------------------------------------------
+    def check_health(self) -> None:
+        if not self._thread.is_alive():
+            raise RuntimeError("worker loop died")
+        current = self.current
+        if current is not None and time.monotonic() - current[1] > self.config.hard_time_limit_s:
+            # Serve kills and replaces an unhealthy replica: the stuck job's lease then
+            # expires and it is re-queued like any job whose worker died.
+            raise RuntimeError(f"job {current[0]} passed the hard time limit "
+                               f"({self.config.hard_time_limit_s:g} s); replacing this worker")
+
+    def status(self) -> dict:
+        current = self.current
+        return {"worker_id": self.worker_id, "pid": os.getpid(), "busy": current is not None,
+                "job_id": current[0] if current else None, "jobs_done": self.jobs_done}
+
+    def __del__(self):
+        self._stop.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.ledger.lease.remote(self.worker_id, self.config.lease_s).result()
+            except Exception:  # the ledger is restarting: wait and ask again
+                log.warning("lease request failed; retrying", exc_info=True)
+                self._stop.wait(1.0)
+                continue
+            if job is None:
+                self._stop.wait(self.config.poll_s)
+                continue
+            self._run(job)
+
+    def _run(self, job) -> None:
+        job_id = job.job_id
+        started = time.monotonic()
+        self.current = (job_id, started)
+        state = {"cancel": False, "lost": False}
+        beat_stop = threading.Event()
+
+        def heartbeat() -> None:
+            while not beat_stop.wait(self.config.heartbeat_s):
+                try:
+                    reply = self.ledger.heartbeat.remote(job_id, self.worker_id, self.config.lease_s).result()
+                except Exception:
+                    continue
+                state["cancel"] |= reply.cancel_requested
+                state["lost"] |= not reply.ok
+
+        def checkpoint() -> None:
+            if state["cancel"]:
+                raise JobCancelled("cancelled by the user", stage="pipeline", retryable=False)
+            if state["lost"]:
+                raise LeaseLost("lease lost; another worker has the job", stage="pipeline")
+            if time.monotonic() - started > self.config.soft_time_limit_s:
+                raise TimeLimitExceeded(
+                    f"soft time limit of {self.config.soft_time_limit_s:g} s exceeded", stage="pipeline")
+
+        def progress(percent: int, stage: str, message: str) -> None:
+            reply = self.ledger.update_progress.remote(job_id, self.worker_id, percent, stage, message).result()
+            if reply is False:
+                state["lost"] = True
+
+        beater = threading.Thread(target=heartbeat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+        beater.start()
+        workdir = tempfile.mkdtemp(prefix=f"rescored_out_{job_id[:16]}_", dir=self._temp_parent())
+        try:
+            cfg = job_pipeline_config(self.config.pipeline, job.options)
+            cfg.source.temp_dir = str(self._temp_parent())
+            if cfg.separation.enabled and self.separator is None:
+                raise NonRetryableError("this service deploys no separation model", stage="separation")
+            pipeline = Pipeline(cfg, separator=self.separator if cfg.separation.enabled else None,
+                                transcriber=self.transcriber)
+            result = pipeline.run(job.source, workdir, progress=progress, checkpoint=checkpoint, job_id=job_id)
+            checkpoint()
+            keys = self.store.put_dir(workdir, job_id)
+            summary = result.to_dict()
+            summary.pop("output_dir", None)
+            summary["outputs"] = keys
+            self.ledger.complete.remote(job_id, self.worker_id, summary).result()
+            self.jobs_done += 1
+        except JobCancelled:
+            self.ledger.mark_cancelled.remote(job_id, self.worker_id).result()
+        except LeaseLost:
+            log.warning("job %s: lease lost, abandoning this attempt", job_id)
+        except PipelineError as exc:
+            self.ledger.fail.remote(job_id, self.worker_id, exc.to_dict(), exc.retryable).result()
+        except Exception as exc:  # a bug or an unexpected library error: retry, with the traceback logged once
+            log.error("job %s failed unexpectedly:\n%s", job_id, traceback.format_exc())
+            error = {"type": type(exc).__name__, "message": f"unexpected error: {exc}", "stage": "pipeline",
+                     "retryable": True}
+            self.ledger.fail.remote(job_id, self.worker_id, error, True).result()
+        finally:
+            beat_stop.set()
+            shutil.rmtree(workdir, ignore_errors=True)
+            self.current = None
+
+    def _temp_parent(self):
+        path = self.config.data_path / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path

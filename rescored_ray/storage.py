@@ -1,0 +1,69 @@
+"""Results storage behind one URI: a local folder, or ``s3://``/``gs://`` on a cluster.
+
+The service and the batch path both write outputs here through ``pyarrow.fs``, so any
+replica on any node can serve any result. Each file is written under a temporary name
+and moved into place (atomic on a local disk; object stores publish a key whole on
+upload), so a re-run of a job replaces its files and never leaves half of them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+class ResultStore:
+    """Files under ``uri``, addressed by relative keys such as ``<job_id>/score.musicxml``."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        if "://" in uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, key: str) -> str:
+        key = key.strip("/")
+        if not key or any(part in ("", ".", "..") for part in key.split("/")):
+            raise ValueError(f"invalid storage key {key!r}")
+        return f"{self.root.rstrip('/')}/{key}"
+
+    def put_file(self, local: str | os.PathLike, key: str) -> str:
+        target = self.path(key)
+        parent = target.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        staging = f"{parent}/.{uuid.uuid4().hex}.partial" if self.local else target
+        with open(local, "rb") as source, self.fs.open_output_stream(staging) as sink:
+            while chunk := source.read(1 << 20):
+                sink.write(chunk)
+        if staging != target:
+            self.fs.move(staging, target)
+        return target
+
+    def put_dir(self, local_dir: str | os.PathLike, prefix: str) -> dict[str, str]:
+        """Upload every file under ``local_dir`` to ``prefix/``; returns relative name -> key."""
+        local_dir = Path(local_dir)
+        keys: dict[str, str] = {}
+        for file in sorted(p for p in local_dir.rglob("*") if p.is_file() and not p.name.endswith(".partial")):
+            relative = file.relative_to(local_dir).as_posix()
+            key = f"{prefix.strip('/')}/{relative}"
+            self.put_file(file, key)
+            keys[relative] = key
+        return keys
+
+    def exists(self, key: str) -> bool:
+        return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.fs.open_input_stream(self.path(key)) as stream:
+            return stream.read()
+
+    def delete_prefix(self, prefix: str) -> None:
+        target = self.path(prefix)
+        if self.fs.get_file_info(target).type == pafs.FileType.Directory:
+            self.fs.delete_dir(target)
