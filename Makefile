@@ -27,8 +27,10 @@ $(STAMP): pyproject.toml Makefile
 test: install
 	$(PY) -m pytest -q
 
+# The main job end to end through the service: local Ray + Serve, HTTP submission,
+# live WebSocket progress, score downloaded, everything stopped again.
 demo: install
-	$(VENV)/bin/rescored-ray transcribe $(DEMO_INPUT) -o $(DEMO_OUT) --config configs/demo.yaml
+	$(VENV)/bin/rescored-ray demo $(DEMO_INPUT) -o $(DEMO_OUT) --config configs/demo.yaml
 	$(PY) -c "import music21, verovio, sys; s = music21.converter.parse('$(DEMO_OUT)/score.musicxml'); \
 	tk = verovio.toolkit(); assert tk.loadFile('$(DEMO_OUT)/score.musicxml'), 'verovio could not load the score'; \
 	print('score:', '$(DEMO_OUT)/score.musicxml', '|', len(s.recurse().notes), 'notes/chords,', tk.getPageCount(), 'page(s) in verovio')"

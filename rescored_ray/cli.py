@@ -108,5 +108,56 @@ def expand(url: str = typer.Argument(..., help="Playlist URL (YouTube playlist, 
         typer.echo(json.dumps(entry.to_dict()))
 
 
+@app.command()
+def serve(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                                          help="Serve config file (configs/serve.yaml); built-in defaults if omitted."),
+    host: Optional[str] = typer.Option(None, "--host", help="Default: http_options.host, else 127.0.0.1."),
+    port: Optional[int] = typer.Option(None, "--port", help="Default: http_options.port, else 8000."),
+) -> None:
+    """Start a local Ray instance and the transcription service; Ctrl-C stops both."""
+    import time as _time
+
+    from rescored_ray.service.config import http_options, load_service_config
+    from rescored_ray.service.runner import dashboard_url, start_service, stop_service
+
+    options = http_options(config)
+    cfg = load_service_config(config)
+    base = start_service(cfg, host=host or options.get("host", "127.0.0.1"), port=port or options.get("port", 8000))
+    typer.echo(f"rescored-ray service: {base}  (API docs: {base}/docs, queue: {base}/api/v1/queue)")
+    typer.echo(f"Ray dashboard: {dashboard_url() or 'not started'}  (token auth: see ~/.ray/auth_token)")
+    typer.echo(f"data: {cfg.data_path}   results: {cfg.results_uri}   Ctrl-C to stop")
+    try:
+        while True:
+            _time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("stopping")
+    finally:
+        stop_service()
+
+
+@app.command()
+def demo(
+    audio: Path = typer.Argument(Path("examples/chorale.mp3"), exists=True, dir_okay=False),
+    output: Path = typer.Option(Path("out/demo"), "--output", "-o"),
+    config: Optional[Path] = typer.Option(Path("configs/demo.yaml"), "--config", "-c",
+                                          help="Pipeline settings for the demo service."),
+    port: int = typer.Option(8000, "--port"),
+) -> None:
+    """Start the service, submit the bundled example over HTTP, follow it live, save the score."""
+    from rescored_ray.config import load_config
+    from rescored_ray.service.config import load_service_config
+    from rescored_ray.service.runner import run_demo
+
+    pipeline = load_config(config if config and config.exists() else None)
+    cfg = load_service_config(overrides={"data_dir": str(output.resolve() / "service-data"),
+                                         "pipeline": pipeline.model_dump()})
+    try:
+        run_demo(cfg, audio.resolve(), output, port, log=typer.echo)
+    except Exception as exc:  # one line, non-zero exit, like every other command
+        _fail(f"error (demo, transient): {' '.join(str(exc).split())}")
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

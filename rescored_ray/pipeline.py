@@ -78,15 +78,16 @@ class _Progress:
     def __init__(self, callback: ProgressCallback | None):
         self.callback = callback
         self.percent = 0
+        self.last: tuple | None = None
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
         low, high = BANDS[stage]
-        percent = int(round(low + (high - low) * max(0.0, min(1.0, fraction))))
-        if percent < self.percent:
-            percent = self.percent
+        percent = max(self.percent, int(round(low + (high - low) * max(0.0, min(1.0, fraction)))))
         self.percent = percent
-        if self.callback is not None:
-            self.callback(percent, "download" if stage == "decode" else stage, message)
+        update = (percent, "download" if stage == "decode" else stage, message)
+        if self.callback is not None and update != self.last:  # repeats would only flood listeners
+            self.last = update
+            self.callback(*update)
 
 
 class Pipeline:

@@ -170,3 +170,36 @@ def rss_feed_info(media_dir, http_server) -> FeedInfo:
 @pytest.fixture(scope="session")
 def rss_feed(rss_feed_info) -> str:
     return rss_feed_info.url
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for the whole session (start-up costs seconds on 2 cores).
+
+    More logical CPUs than cores, and every actor sets num_cpus, so Serve replicas and
+    Ray Data tasks never starve each other of scheduling slots.
+    """
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster) -> int:
+    """Serve's HTTP proxy, started once: its port cannot change while Serve runs."""
+    import socket
+
+    from ray import serve
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port

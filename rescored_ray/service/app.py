@@ -54,5 +54,8 @@ def build_app(config: ServiceConfig, gpus_available: bool | None = None) -> Appl
 
 
 def app_builder(args: dict[str, Any]) -> Application:
-    """Entry point for ``serve run rescored_ray.service.app:app_builder config=configs/serve.yaml``."""
+    """Import path for ``serve run configs/serve.yaml`` (settings in ``args.rescored``), or
+    ``serve run rescored_ray.service.app:app_builder config=path.yaml``."""
+    if "rescored" in args:
+        return build_app(load_service_config(document=args))
     return build_app(load_service_config(args.get("config")))

@@ -87,17 +87,41 @@ SERVICE_ENV = {
 }
 
 
+def service_section(document: Mapping[str, Any]) -> dict:
+    """Our settings inside a Serve config file (``applications[0].args.rescored``),
+    or a plain settings mapping (optionally under ``rescored:``)."""
+    if not isinstance(document, Mapping):
+        raise ValueError("service config must be a mapping")
+    if "applications" in document:
+        for application in document["applications"] or []:
+            args = application.get("args") or {}
+            if "rescored" in args:
+                return dict(args["rescored"] or {})
+        return {}
+    return dict(document.get("rescored", document))
+
+
+def http_options(path: str | os.PathLike | None) -> dict:
+    """``http_options`` of a Serve config file (host/port), if it has any."""
+    if path is None:
+        return {}
+    document = yaml.safe_load(Path(path).read_text()) or {}
+    return dict(document.get("http_options") or {}) if isinstance(document, Mapping) else {}
+
+
 def load_service_config(
     path: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    document: Mapping[str, Any] | None = None,
 ) -> ServiceConfig:
-    """Defaults, then the YAML file, then environment variables, then ``overrides``."""
+    """Defaults, then the YAML file (or an already-parsed ``document``), then environment
+    variables, then ``overrides``."""
     env = os.environ if env is None else env
-    data: dict = {}
+    data: dict = service_section(document) if document is not None else {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        data = loaded.get("rescored", loaded) if isinstance(loaded, dict) else {}
+        data = service_section(yaml.safe_load(Path(path).read_text()) or {})
     from_env: dict = {"pipeline": env_overrides(env)}
     for name, field_path in SERVICE_ENV.items():
         if name in env:

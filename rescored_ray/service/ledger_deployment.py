@@ -94,5 +94,11 @@ class LedgerDeployment:
     def check_health(self) -> None:
         self.store.queue_stats()
 
+    def actor_name(self) -> str:
+        """This replica's Ray actor name (namespace "serve"), for operators and fault tests."""
+        import ray
+
+        return ray.get_runtime_context().get_actor_name()
+
     def __del__(self):
         self._stop.set()

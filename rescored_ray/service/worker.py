@@ -91,7 +91,10 @@ class PipelineWorker:
 
     def status(self) -> dict:
         current = self.current
+        import ray
+
         return {"worker_id": self.worker_id, "pid": os.getpid(), "busy": current is not None,
+                "actor_name": ray.get_runtime_context().get_actor_name(),
                 "job_id": current[0] if current else None, "jobs_done": self.jobs_done}
 
     def __del__(self):

@@ -1,0 +1,72 @@
+"""The hard time limit against real Ray Serve: a stuck worker is killed and replaced.
+
+A separate app with a 5 s hard limit: a job whose download stalls for 20 s holds its
+worker past the limit, the worker fails its health check, Serve replaces it, and the
+job's lease expires so another worker takes it (then it is cancelled).
+"""
+
+import time
+
+import httpx
+import pytest
+import yaml
+
+from rescored_ray.service.app import app_builder, build_app
+from rescored_ray.service.config import load_service_config
+
+REPO_CONFIG = "configs/serve.yaml"
+
+
+@pytest.fixture(scope="module")
+def limited(serve_port, tmp_path_factory):
+    from ray import serve
+
+    config = load_service_config(env={}, overrides={
+        "data_dir": str(tmp_path_factory.mktemp("limits-data")),
+        "lease_s": 3.0, "heartbeat_s": 0.5, "poll_s": 0.1,
+        "soft_time_limit_s": 100.0, "hard_time_limit_s": 5.0,
+        "security": {"allow_private_networks": True},
+        "transcriber": {"num_cpus": 0.5},
+        "pipeline": {"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}},
+    })
+    port = serve_port
+    serve.run(build_app(config, gpus_available=False), name="rescored", route_prefix="/")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client
+    serve.delete("rescored")
+
+
+def test_worker_past_the_hard_limit_is_replaced_and_the_job_requeued(limited, http_server):
+    created = limited.post("/api/v1/transcribe", json={"url": http_server.url("delay/20/chorale.mp3")}).json()
+    deadline = time.monotonic() + 90
+    job = {}
+    while time.monotonic() < deadline:
+        job = limited.get(f"/api/v1/jobs/{created['job_id']}").json()
+        if len(job["attempts"]) >= 2:
+            break
+        time.sleep(0.2)
+    first, second = job["attempts"][:2]
+    assert first["outcome"] == "lease_expired", job["attempts"]
+    assert first["worker"] != second["worker"], "the stuck worker was not replaced"
+    assert second["started_at"] - first["started_at"] < 30  # replaced soon after the 5 s limit, not after 20 s
+    limited.delete(f"/api/v1/jobs/{created['job_id']}")
+    while time.monotonic() < deadline + 60:
+        if limited.get(f"/api/v1/jobs/{created['job_id']}").json()["status"] == "cancelled":
+            break
+        time.sleep(0.5)
+    assert limited.get(f"/api/v1/jobs/{created['job_id']}").json()["status"] == "cancelled"
+    assert limited.get("/healthz").status_code == 200
+
+
+def test_serve_yaml_is_a_valid_serve_config_and_env_overrides_it(monkeypatch):
+    document = yaml.safe_load(open(REPO_CONFIG))
+    app = document["applications"][0]
+    assert app["import_path"] == "rescored_ray.service.app:app_builder"
+    monkeypatch.setenv("RESCORED_SEPARATION_MODEL", "demucs_unittest")
+    monkeypatch.setenv("RESCORED_DATA_DIR", "/tmp/rescored-env-test")
+    cfg = load_service_config(document=app["args"])
+    assert cfg.pipeline.separation.model == "demucs_unittest" and cfg.data_dir == "/tmp/rescored-env-test"
+    assert cfg.separator.max_replicas == 2 and cfg.worker_slots == 2
+    assert cfg.gpus_for("separator", True) == 0.5 and cfg.gpus_for("transcriber", True) == 0.25
+    assert cfg.gpus_for("separator", False) == 0.0
+    assert app_builder(app["args"]) is not None
