@@ -111,19 +111,44 @@ def test_bad_requests_are_400_with_an_error_field(service):
     assert service.get("/healthz").json() == {"status": "ok"}
 
 
+def test_private_network_urls_are_refused_unless_allowed():
+    from rescored_ray.errors import NonRetryableError
+    from rescored_ray.service.ingress import check_public_host
+
+    for url in ["http://127.0.0.1/a.mp3", "http://localhost/a.mp3", "http://10.1.2.3/a.mp3",
+                "http://169.254.169.254/latest/meta-data", "http://[::1]/a.mp3", "http://192.168.0.1/a"]:
+        with pytest.raises(NonRetryableError, match="non-public address"):
+            check_public_host(url, allow_private=False)
+        check_public_host(url, allow_private=True)
+    check_public_host("http://8.8.8.8/a.mp3", allow_private=False)
+
+
 def test_websocket_streams_ordered_progress_to_completed(service, http_server):
-    created = submit(service, http_server.url("delay/1/chorale.flac"), FAST)
-    messages = []
-    with ws_connect(created["websocket_url"], open_timeout=10) as ws:
-        for raw in ws:
-            messages.append(json.loads(raw))
-    assert messages[0]["type"] == "state"
-    progress = [m for m in messages if m["type"] == "progress"]
-    assert progress and [m["progress"] for m in progress] == sorted(m["progress"] for m in progress)
-    assert progress[-1]["progress"] == 100
-    assert messages[-1]["type"] == "completed" and messages[-1]["result_url"].endswith(created["job_id"])
-    stages = [m["stage"] for m in progress]
-    assert stages.index("transcription") > stages.index("download")
+    created = submit(service, http_server.url("delay/2/chorale.flac"), FAST)
+    received: dict[int, list[dict]] = {0: [], 1: []}
+
+    def listen(slot: int) -> None:  # several clients may follow one job
+        with ws_connect(created["websocket_url"], open_timeout=10) as ws:
+            for raw in ws:
+                received[slot].append(json.loads(raw))
+
+    listeners = [threading.Thread(target=listen, args=(i,)) for i in received]
+    for t in listeners:
+        t.start()
+    for t in listeners:
+        t.join(timeout=120)
+    for messages in received.values():
+        assert messages[0]["type"] == "state"
+        progress = [m for m in messages if m["type"] == "progress"]
+        assert progress and [m["progress"] for m in progress] == sorted(m["progress"] for m in progress)
+        assert progress[-1]["progress"] == 100
+        assert messages[-1]["type"] == "completed" and messages[-1]["result_url"].endswith(created["job_id"])
+        stages = [m["stage"] for m in progress]
+        assert stages.index("transcription") > stages.index("download")
+    # Both see the same ordered stream from the moment each connected.
+    a, b = ([m for m in received[i] if m["type"] == "progress"] for i in received)
+    shorter, longer = sorted((a, b), key=len)
+    assert longer[len(longer) - len(shorter):] == shorter
 
 
 def test_high_priority_starts_before_queued_default_jobs(service, http_server):

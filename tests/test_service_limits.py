@@ -1,8 +1,9 @@
-"""The hard time limit against real Ray Serve: a stuck worker is killed and replaced.
+"""Limits against real Ray Serve: result expiry, and the hard time limit.
 
-A separate app with a 5 s hard limit: a job whose download stalls for 20 s holds its
-worker past the limit, the worker fails its health check, Serve replaces it, and the
-job's lease expires so another worker takes it (then it is cancelled).
+A separate app with short limits. Results expire after 4 s and the sweep deletes the
+record and its files. A job whose download stalls for 25 s holds its worker past the
+8 s hard limit: the worker fails its health check, Serve replaces it, and the job's
+lease expires so another worker takes it (then it is cancelled).
 """
 
 import time
@@ -24,7 +25,8 @@ def limited(serve_port, tmp_path_factory):
     config = load_service_config(env={}, overrides={
         "data_dir": str(tmp_path_factory.mktemp("limits-data")),
         "lease_s": 3.0, "heartbeat_s": 0.5, "poll_s": 0.1,
-        "soft_time_limit_s": 100.0, "hard_time_limit_s": 5.0,
+        "soft_time_limit_s": 100.0, "hard_time_limit_s": 8.0,
+        "result_ttl_s": 4.0, "failed_ttl_s": 4.0, "expiry_sweep_s": 1.0,
         "security": {"allow_private_networks": True},
         "transcriber": {"num_cpus": 0.5},
         "pipeline": {"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}},
@@ -32,12 +34,28 @@ def limited(serve_port, tmp_path_factory):
     port = serve_port
     serve.run(build_app(config, gpus_available=False), name="rescored", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        client.results = config.data_path / "results"
         yield client
     serve.delete("rescored")
 
 
+def test_results_expire_and_their_files_are_deleted(limited, http_server):
+    created = limited.post("/api/v1/transcribe", json={"url": http_server.url("chorale.mp3")}).json()
+    deadline = time.monotonic() + 60
+    while limited.get(f"/api/v1/jobs/{created['job_id']}").json()["status"] != "completed":
+        assert time.monotonic() < deadline, "job did not complete"
+        time.sleep(0.2)
+    assert limited.get(f"/api/v1/scores/{created['job_id']}").status_code == 200
+    assert (limited.results / created["job_id"] / "score.musicxml").is_file()
+    while limited.get(f"/api/v1/jobs/{created['job_id']}").status_code != 404:
+        assert time.monotonic() < deadline, "completed job never expired"
+        time.sleep(0.5)
+    assert not (limited.results / created["job_id"]).exists(), "expired result files were not deleted"
+    assert limited.get(f"/api/v1/scores/{created['job_id']}").status_code == 404
+
+
 def test_worker_past_the_hard_limit_is_replaced_and_the_job_requeued(limited, http_server):
-    created = limited.post("/api/v1/transcribe", json={"url": http_server.url("delay/20/chorale.mp3")}).json()
+    created = limited.post("/api/v1/transcribe", json={"url": http_server.url("delay/25/chorale.mp3")}).json()
     deadline = time.monotonic() + 90
     job = {}
     while time.monotonic() < deadline:
@@ -48,7 +66,7 @@ def test_worker_past_the_hard_limit_is_replaced_and_the_job_requeued(limited, ht
     first, second = job["attempts"][:2]
     assert first["outcome"] == "lease_expired", job["attempts"]
     assert first["worker"] != second["worker"], "the stuck worker was not replaced"
-    assert second["started_at"] - first["started_at"] < 30  # replaced soon after the 5 s limit, not after 20 s
+    assert second["started_at"] - first["started_at"] < 24  # replaced soon after the 8 s limit, not after 25 s
     limited.delete(f"/api/v1/jobs/{created['job_id']}")
     while time.monotonic() < deadline + 60:
         if limited.get(f"/api/v1/jobs/{created['job_id']}").json()["status"] == "cancelled":
