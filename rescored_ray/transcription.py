@@ -193,15 +193,22 @@ class Transcriber:
         progress: Callable[[float, str], None] | None = None,
     ) -> dict[str, list[Note]]:
         """Transcribe each pitched stem asked for (drums are always skipped)."""
-        names = [n for n in (wanted or self.config.stems) if n in stems and n != "drums"]
-        if not names and "mix" in stems:
-            names = ["mix"]
+        names = stems_to_transcribe(stems, wanted or self.config.stems)
         result: dict[str, list[Note]] = {}
         for index, name in enumerate(names):
             result[name] = self.transcribe(stems[name], stem=name)
             if progress is not None:
                 progress((index + 1) / len(names), name)
         return result
+
+
+def stems_to_transcribe(available: Iterable[str], wanted: Iterable[str]) -> list[str]:
+    """The wanted stems that exist, drums never; the mix when nothing was separated."""
+    available = list(available)
+    names = [name for name in wanted if name in available and name != "drums"]
+    if not names and "mix" in available:
+        names = ["mix"]
+    return names
 
 
 def _windows(padded: np.ndarray) -> np.ndarray:

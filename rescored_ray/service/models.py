@@ -15,6 +15,7 @@ import time
 from ray import serve
 
 from rescored_ray.config import SeparationConfig, TranscriptionConfig
+from rescored_ray.transcription import stems_to_transcribe
 from rescored_ray.types import Audio, Note
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,7 @@ class RemoteTranscriber:
         self.config = config
 
     def transcribe_stems(self, stems, wanted=None, progress=None) -> dict[str, list[Note]]:
-        names = [n for n in (wanted or self.config.stems) if n in stems and n != "drums"]
-        if not names and "mix" in stems:
-            names = ["mix"]
+        names = stems_to_transcribe(stems, wanted or self.config.stems)
         pending = {name: self.handle.transcribe.remote(stems[name], name) for name in names}
         result: dict[str, list[Note]] = {}
         for index, name in enumerate(names):
