@@ -739,3 +739,17 @@ def test_lease_exclusive_across_threads_and_processes(db: Path) -> None:
         assert job.result == {"by": job.attempts[0].worker}
     for s in {id(s): s for s in stores + [setup]}.values():
         s.close()
+
+
+def test_record_carries_the_event_seq_it_was_read_at(store: SQLiteJobStore) -> None:
+    """A stream that starts from a record's state and reads events after its seq misses nothing."""
+    job = _submit(store, "seq")
+    assert job.last_event_seq == store.events(job.job_id)[-1].seq
+    leased = store.lease("w1", 30)
+    store.update_progress(job.job_id, "w1", 10, "download", "a")
+    snapshot = store.get(job.job_id)
+    store.update_progress(job.job_id, "w1", 20, "download", "b")
+    store.complete(job.job_id, "w1", {"ok": True})
+    after = store.events(job.job_id, snapshot.last_event_seq)
+    assert leased is not None and snapshot.progress == 10
+    assert [(e.type, e.data.get("progress")) for e in after] == [("progress", 20), ("completed", None)]

@@ -261,8 +261,7 @@ class Ingress:
             await websocket.send_json({"type": "error", "job_id": job_id, "error": {"message": "job not found"}})
             await websocket.close()
             return
-        past = await self.ledger.events.remote(job_id, 0, 100000)
-        seq = past[-1].seq if past else 0
+        seq = job.last_event_seq  # read with the state: no event falls between the two
         await websocket.send_json({"type": "state", **self._view(job)})
         if job.status.terminal:
             await websocket.send_json(_message(job_id, _final_event(job)))

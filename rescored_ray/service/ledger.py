@@ -158,6 +158,9 @@ class JobRecord:
     error: dict | None = None
     result: dict | None = None
     expires_at: float | None = None
+    last_event_seq: int = 0
+    """Seq of the newest event when this record was read: a stream that starts from this
+    state continues with ``events(job_id, last_event_seq)`` and misses nothing."""
 
     def to_dict(self) -> dict:
         """JSON-safe dict (status as its string value, attempts as dicts)."""
@@ -493,6 +496,7 @@ class SQLiteJobStore(JobStore):
             error=_loads(row["error"]),
             result=_loads(row["result"]),
             expires_at=row["expires_at"],
+            last_event_seq=int(row["event_seq"]),
         )
 
     @staticmethod
