@@ -109,6 +109,57 @@ def expand(url: str = typer.Argument(..., help="Playlist URL (YouTube playlist, 
 
 
 @app.command()
+def batch(
+    sources: list[str] = typer.Argument(..., help="Playlist URLs, URLs, files of URLs (.txt/.csv/.parquet), folders."),
+    output: str = typer.Option(..., "--output", "-o", help="Output folder or URI (s3://..., gs://...)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                                          help="Batch config (configs/batch.yaml); built-in defaults if omitted."),
+    separation: Optional[str] = typer.Option(None, "--separation", help="Demucs model name, or 'none'."),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to transcribe."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip entries already completed in the output."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, "
+                                          "else a local Ray started for this run)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No Ray Data progress bars."),
+) -> None:
+    """Transcribe whole playlists with Ray Data; writes per-entry scores and a Parquet manifest."""
+    from rescored_ray.batch import load_batch_config, run_batch
+    from rescored_ray.batch.runner import connect
+
+    overrides: dict = {}
+    if separation is not None:
+        overrides.setdefault("pipeline", {}).setdefault("separation", {})["model"] = separation
+    if stems is not None:
+        overrides.setdefault("pipeline", {}).setdefault("transcription", {})["stems"] = stems
+    try:
+        cfg = load_batch_config(config, overrides=overrides)
+    except Exception as exc:
+        _fail(f"error (config, permanent): invalid configuration: {' '.join(str(exc).split())}")
+        raise typer.Exit(2)
+    try:
+        started_here = connect(cfg, address)
+        try:
+            summary = run_batch(sources, output, cfg, resume=resume, progress_bars=not quiet)
+        finally:
+            if started_here:
+                import ray
+
+                ray.shutdown()
+    except PipelineError as exc:  # e.g. a model that cannot load: no entry could succeed
+        _fail_with(exc)
+    except Exception as exc:  # the run itself could not proceed (entries fail into the manifest instead)
+        logging.getLogger(__name__).debug("batch run failed", exc_info=True)
+        _fail(f"error (batch, transient): the run could not proceed: {' '.join(str(exc).split())}")
+        raise typer.Exit(1)
+    if summary.stage_s:
+        err.print("where the time went (summed over completed entries):", highlight=False)
+        err.print(summary.stage_table(), highlight=False, markup=False)
+    for row in summary.failures[:20]:
+        kind = "transient" if row.get("retryable") else "permanent"
+        _fail(f"failed {row['id']} ({row.get('stage')}, {kind}): {row.get('error')}")
+    typer.echo(summary.line())
+
+
+@app.command()
 def serve(
     config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
                                           help="Serve config file (configs/serve.yaml); built-in defaults if omitted."),

@@ -98,6 +98,18 @@ class PipelineConfig(_Section):
     write_preview: bool = Field(True, description="Render the first page of the score to SVG (verovio).")
 
 
+DEFAULT_GPU_SHARE = {"separator": 0.5, "transcriber": 0.25}
+"""Where GPUs exist and a config says nothing: two Demucs or four Basic Pitch replicas/actors per card."""
+
+
+def gpu_share(name: str, configured: float | None, gpus_available: bool) -> float:
+    """The GPU fraction of one model replica/actor (``separator`` or ``transcriber``): the
+    configured value, else :data:`DEFAULT_GPU_SHARE` on GPU clusters and 0 on CPU-only ones."""
+    if configured is not None:
+        return configured
+    return DEFAULT_GPU_SHARE[name] if gpus_available else 0.0
+
+
 def _deep_merge(base: dict, update: Mapping) -> dict:
     merged = dict(base)
     for key, value in update.items():

@@ -72,7 +72,7 @@ class PipelineResult:
         return data
 
 
-class _Progress:
+class StageProgress:
     """Maps each stage's own 0..1 fraction onto its band and never goes backwards."""
 
     def __init__(self, callback: ProgressCallback | None):
@@ -131,38 +131,52 @@ class Pipeline:
     ) -> PipelineResult:
         """Transcribe ``src`` (URL or local path) into ``output_dir``; raise :class:`PipelineError`."""
         job_id = job_id or uuid.uuid4().hex
-        report = _Progress(progress)
+        report = StageProgress(progress)
         check = checkpoint or (lambda: None)
         timings: dict[str, float] = {}
-        output_dir = Path(output_dir)
-        cfg = self.config
 
-        with self._workdir(job_id) as workdir:
-            report("download", 0.0, "Validating source")
-            parsed = _in_stage("source", lambda: source.parse_source(src, cfg.source))
-            with _timed(timings, "download"):
-                fetched = _in_stage("download", lambda: source.fetch(
-                    parsed, workdir, cfg.source,
-                    progress=lambda f: report("download", f, "Downloading audio")))
+        with self.workdir(job_id) as workdir:
+            title, audio = self.acquire(src, workdir, report=report, checkpoint=check, timings=timings)
             check()
-            report("decode", 0.0, "Decoding audio")
-            with _timed(timings, "decode"):
-                audio = _in_stage("decode", lambda: decode.decode_audio(
-                    fetched.path, max_duration_s=cfg.source.max_duration_s))
-            if parsed.is_remote:
-                fetched.path.unlink(missing_ok=True)  # the decoded array is all we need now
-            report("decode", 1.0, f"Decoded {audio.duration_s:.1f} s of audio")
+            stems = self.separate(audio, report=report, checkpoint=check, timings=timings)
             check()
-
-            stems = self._separate(audio, report, check, timings)
+            notes = self.transcribe(stems, report=report, timings=timings)
             check()
-            notes = self._transcribe(stems, report, timings)
-            check()
-            result = self._write(job_id, src, fetched, audio, stems, notes, output_dir, report, timings)
+            result = self.write(job_id, src, title, audio, stems, notes, Path(output_dir),
+                                report=report, timings=timings)
         report("musicxml", 1.0, "Transcription complete")
         return result
 
-    def _separate(self, audio: Audio, report, check, timings) -> dict[str, Audio]:
+    # -- the stages, each callable on its own (the batch path runs them on different workers)
+    def acquire(self, src: str, workdir: Path, *, report: StageProgress | None = None,
+                checkpoint: Checkpoint | None = None,
+                timings: dict[str, float] | None = None) -> tuple[str | None, Audio]:
+        """Validate, download (into ``workdir``) and decode ``src``: ``(title, audio)``."""
+        cfg = self.config
+        report = report or StageProgress(None)
+        timings = {} if timings is None else timings
+        report("download", 0.0, "Validating source")
+        parsed = _in_stage("source", lambda: source.parse_source(src, cfg.source))
+        with _timed(timings, "download"):
+            fetched = _in_stage("download", lambda: source.fetch(
+                parsed, workdir, cfg.source,
+                progress=lambda f: report("download", f, "Downloading audio")))
+        if checkpoint is not None:
+            checkpoint()
+        report("decode", 0.0, "Decoding audio")
+        with _timed(timings, "decode"):
+            audio = _in_stage("decode", lambda: decode.decode_audio(
+                fetched.path, max_duration_s=cfg.source.max_duration_s))
+        if parsed.is_remote:
+            fetched.path.unlink(missing_ok=True)  # the decoded array is all we need now
+        report("decode", 1.0, f"Decoded {audio.duration_s:.1f} s of audio")
+        return fetched.title, audio
+
+    def separate(self, audio: Audio, *, report: StageProgress | None = None, checkpoint: Checkpoint | None = None,
+                 timings: dict[str, float] | None = None) -> dict[str, Audio]:
+        """Stems of ``audio`` (``{"mix": audio}`` when separation is off)."""
+        report = report or StageProgress(None)
+        timings = {} if timings is None else timings
         if not self.config.separation.enabled:
             report("separation", 1.0, "Separation off: transcribing the mix")
             return {"mix": audio}
@@ -171,9 +185,13 @@ class Pipeline:
             return _in_stage("separation", lambda: self.separator.separate(
                 audio,
                 progress=lambda f: report("separation", f, "Separating stems"),
-                checkpoint=check))
+                checkpoint=checkpoint))
 
-    def _transcribe(self, stems: dict[str, Audio], report, timings) -> dict[str, list[Note]]:
+    def transcribe(self, stems: dict[str, Audio], *, report: StageProgress | None = None,
+                   timings: dict[str, float] | None = None) -> dict[str, list[Note]]:
+        """Notes of each wanted pitched stem (the mix when nothing was separated)."""
+        report = report or StageProgress(None)
+        timings = {} if timings is None else timings
         report("transcription", 0.0, "Transcribing notes")
         wanted = self.config.transcription.stems if "mix" not in stems else ["mix"]
         missing = [name for name in wanted if name not in stems]
@@ -184,8 +202,14 @@ class Pipeline:
                 stems, wanted,
                 progress=lambda f, name: report("transcription", f, f"Transcribed {name}")))
 
-    def _write(self, job_id, src, fetched, audio, stems, notes, output_dir: Path, report, timings) -> PipelineResult:
+    def write(self, job_id: str, src: str, title: str | None, audio: Audio, stems: dict[str, Audio],
+              notes: dict[str, list[Note]], output_dir: Path, *, report: StageProgress | None = None,
+              timings: dict[str, float] | None = None) -> PipelineResult:
+        """Notate ``notes`` and write the score, MIDI, stems, preview and result.json."""
         cfg = self.config
+        report = report or StageProgress(None)
+        timings = {} if timings is None else timings
+        output_dir = Path(output_dir)
         report("musicxml", 0.0, "Generating MusicXML")
         with _timed(timings, "notation"):
             notated = _in_stage("notation", lambda: notation.notate(
@@ -214,7 +238,7 @@ class Pipeline:
         result = PipelineResult(
             job_id=job_id,
             source=src,
-            title=fetched.title,
+            title=title,
             duration_s=round(audio.duration_s, 3),
             output_dir=str(output_dir),
             outputs=written,
@@ -235,7 +259,8 @@ class Pipeline:
         return result
 
     @contextmanager
-    def _workdir(self, job_id: str) -> Iterator[Path]:
+    def workdir(self, job_id: str) -> Iterator[Path]:
+        """A private temp dir for one job, removed whatever happens."""
         parent = self.config.source.temp_dir
         if parent:
             Path(parent).mkdir(parents=True, exist_ok=True)
@@ -267,3 +292,18 @@ def _in_stage(stage: str, call):
         log.exception("unexpected error in stage %s", stage)
         raise PipelineError(f"unexpected error in {stage}: {type(exc).__name__}: {exc}", stage=stage,
                             retryable=True) from exc
+
+
+def publish(result: PipelineResult, store, prefix: str) -> dict[str, str]:
+    """Upload a finished job's folder to ``store`` under ``prefix``; returns file name -> key.
+
+    ``result.json`` is rewritten first so that it names where the files now live
+    (``store.url``), not the worker's temp folder they were written in.
+    """
+    local = Path(result.output_dir)
+    names = {kind: Path(path).relative_to(local).as_posix() for kind, path in result.outputs.items()}
+    published = result.to_dict()
+    published["output_dir"] = store.url(prefix)
+    published["outputs"] = {kind: store.url(f"{prefix}/{name}") for kind, name in names.items()}
+    outputs.write_json(local / "result.json", published)
+    return store.put_dir(local, prefix)

@@ -56,7 +56,8 @@ def load_demucs(name: str, repo: str | os.PathLike | None = None) -> torch.nn.Mo
     if repo_path is not None and not repo_path.is_dir():
         raise ModelLoadError(f"Demucs repo folder {repo_path} does not exist or is not a folder", stage=STAGE)
     try:
-        model = get_model(name, repo=repo_path)
+        with _seeded(0):  # demucs_unittest has no checkpoint: seeded, every actor builds the same model
+            model = get_model(name, repo=repo_path)
     except (Exception, SystemExit) as exc:  # Demucs calls sys.exit() on some failures
         raise ModelLoadError(_load_failure_message(name, repo_path, exc), stage=STAGE) from exc
     model.eval()
@@ -90,11 +91,19 @@ def random_htdemucs(name: str = "htdemucs") -> torch.nn.Module:
     sources = {"htdemucs": FOUR_STEMS, "htdemucs_ft": FOUR_STEMS, "htdemucs_6s": SIX_STEMS}.get(name)
     if sources is None:
         raise ModelLoadError(f"no random-weight recipe for {name!r}; use one of htdemucs, htdemucs_6s", stage=STAGE)
-    torch.manual_seed(0)
-    model = HTDemucs(sources=list(sources), samplerate=44100, segment=Fraction(39, 5))
+    with _seeded(0):  # the same weights in every process, so runs and replicas agree
+        model = HTDemucs(sources=list(sources), samplerate=44100, segment=Fraction(39, 5))
     model.eval()
     log.warning("separation model random:%s has RANDOM weights: for benchmarks only, its stems are noise", name)
     return model
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed torch for model construction without touching the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class Separator:

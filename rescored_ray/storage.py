@@ -8,6 +8,7 @@ upload), so a re-run of a job replaces its files and never leaves half of them.
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from pathlib import Path
@@ -33,12 +34,26 @@ class ResultStore:
             raise ValueError(f"invalid storage key {key!r}")
         return f"{self.root.rstrip('/')}/{key}"
 
+    def url(self, key: str = "") -> str:
+        """Where ``key`` lives, as a user would name it: a local path, or ``s3://bucket/...``."""
+        path = self.path(key) if key else self.root
+        if self.local:
+            return path
+        return f"{self.uri.split('://', 1)[0]}://{path}"
+
     def put_file(self, local: str | os.PathLike, key: str) -> str:
+        with open(local, "rb") as source:
+            return self._put(source, key)
+
+    def put_bytes(self, data: bytes, key: str) -> str:
+        return self._put(io.BytesIO(data), key)
+
+    def _put(self, source: io.RawIOBase | io.BufferedIOBase, key: str) -> str:
         target = self.path(key)
         parent = target.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         staging = f"{parent}/.{uuid.uuid4().hex}.partial" if self.local else target
-        with open(local, "rb") as source, self.fs.open_output_stream(staging) as sink:
+        with self.fs.open_output_stream(staging) as sink:
             while chunk := source.read(1 << 20):
                 sink.write(chunk)
         if staging != target:
@@ -58,6 +73,17 @@ class ResultStore:
 
     def exists(self, key: str) -> bool:
         return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
+
+    def list_files(self, prefix: str) -> list[str]:
+        """Keys of the files directly under ``prefix`` (sorted; none if it does not exist)."""
+        selector = pafs.FileSelector(self.path(prefix), allow_not_found=True)
+        root = self.root.rstrip("/") + "/"
+        return sorted(info.path[len(root):] for info in self.fs.get_file_info(selector)
+                      if info.type == pafs.FileType.File and not info.base_name.endswith(".partial"))
+
+    def delete(self, key: str) -> None:
+        if self.exists(key):
+            self.fs.delete_file(self.path(key))
 
     def read_bytes(self, key: str) -> bytes:
         with self.fs.open_input_stream(self.path(key)) as stream:

@@ -177,11 +177,14 @@ def ray_cluster():
     """One local Ray instance for the whole session (start-up costs seconds on 2 cores).
 
     More logical CPUs than cores, and every actor sets num_cpus, so Serve replicas and
-    Ray Data tasks never starve each other of scheduling slots.
+    Ray Data tasks never starve each other of scheduling slots. One logical GPU lets
+    fractional-GPU placement be tested on a CPU machine (nothing here asks CUDA for it:
+    Serve tests deploy with ``gpus_available=False``). The dashboard is on for Ray's
+    state API (which actors hold which resources).
     """
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=8, num_gpus=1, include_dashboard=True, log_to_driver=False, configure_logging=False)
     yield ray
     try:
         from ray import serve

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from rescored_ray.config import PipelineConfig, _deep_merge, env_overrides
+from rescored_ray.config import PipelineConfig, _deep_merge, env_overrides, gpu_share
 
 
 class _Section(BaseModel):
@@ -71,10 +71,7 @@ class ServiceConfig(_Section):
 
     def gpus_for(self, name: str, gpus_available: bool) -> float:
         """The deployment's GPU share: configured, else 0.5 (Demucs) / 0.25 (Basic Pitch) on GPU nodes."""
-        configured = getattr(self, name).num_gpus
-        if configured is not None:
-            return configured
-        return {"separator": 0.5, "transcriber": 0.25}[name] if gpus_available else 0.0
+        return gpu_share(name, getattr(self, name).num_gpus, gpus_available)
 
 
 SERVICE_ENV = {

@@ -61,6 +61,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
+from rescored_ray.retry import backoff_delay
+
 __all__ = [
     "Attempt",
     "HeartbeatReply",
@@ -561,7 +563,7 @@ class SQLiteJobStore(JobStore):
         return job is not None and job.status is JobStatus.RUNNING and job.lease_owner == worker_id
 
     def _backoff(self, attempt_number: int) -> float:
-        return min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt_number - 1))
+        return backoff_delay(attempt_number, self.backoff_base_s, self.backoff_max_s)
 
     @staticmethod
     def _end_attempt(job: JobRecord, now: float, outcome: str, error: dict | None = None) -> None:

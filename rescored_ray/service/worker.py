@@ -24,7 +24,7 @@ from ray import serve
 
 from rescored_ray.config import PipelineConfig
 from rescored_ray.errors import NonRetryableError, PipelineError, RetryableError
-from rescored_ray.pipeline import Pipeline
+from rescored_ray.pipeline import Pipeline, publish
 from rescored_ray.service.config import ServiceConfig
 from rescored_ray.service.models import RemoteSeparator, RemoteTranscriber
 from rescored_ray.storage import ResultStore
@@ -156,7 +156,7 @@ class PipelineWorker:
                                 transcriber=self.transcriber)
             result = pipeline.run(job.source, workdir, progress=progress, checkpoint=checkpoint, job_id=job_id)
             checkpoint()
-            keys = self.store.put_dir(workdir, job_id)
+            keys = publish(result, self.store, job_id)
             summary = result.to_dict()
             summary.pop("output_dir", None)
             summary["outputs"] = keys

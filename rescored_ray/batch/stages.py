@@ -1,0 +1,291 @@
+"""The batch run's Ray Data stages: the pipeline's own stage methods, one song per row.
+
+Rows carry the audio itself (decoded mix, stems) as arrays, so it moves between
+stages, and between nodes, through Ray's object store, never through one node's
+disk. A row that failed keeps flowing with empty arrays and its error, so one
+broken entry never stops the run; transient errors are retried in place with
+backoff. The stages:
+
+- :func:`acquire_audio`   CPU task: validate, download, decode.
+- :class:`SeparateStems`  actor holding Demucs (fractional GPU).
+- :class:`TranscribeStems` actor holding Basic Pitch (its own GPU fraction).
+- :func:`write_score`     CPU task: notation, MusicXML/MIDI/stems/preview, upload.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rescored_ray.batch.config import BatchConfig
+from rescored_ray.batch.manifest import COMPLETED, FAILED, STAGE_SECONDS
+from rescored_ray.errors import PipelineError
+from rescored_ray.pipeline import Pipeline, publish
+from rescored_ray.retry import call_with_retries
+from rescored_ray.storage import ResultStore
+from rescored_ray.types import SAMPLE_RATE, Audio, Note
+
+log = logging.getLogger(__name__)
+
+RUNNING = "running"
+NO_AUDIO = np.zeros((2, 0), dtype=np.float32)
+NO_STEMS = np.zeros((0, 2, 0), dtype=np.float32)
+NOTE_FIELDS = ("note_start", "note_end", "note_pitch", "note_velocity", "note_amplitude", "note_stem_index")
+
+
+def _config(config: BatchConfig | dict) -> BatchConfig:
+    return config if isinstance(config, BatchConfig) else BatchConfig.model_validate(config)
+
+
+def _retrying(cfg: BatchConfig, row: dict, call: Callable[[], Any]) -> Any:
+    result, attempts = call_with_retries(call, max_retries=cfg.max_retries, base_s=cfg.backoff_base_s,
+                                         max_s=cfg.backoff_max_s)
+    row["attempts"] = max(int(row.get("attempts") or 1), attempts)
+    return result
+
+
+def _fail(row: dict, exc: PipelineError) -> dict:
+    row.update(status=FAILED, error=str(exc), retryable=bool(exc.retryable), stage=exc.stage,
+               attempts=max(int(row.get("attempts") or 1), getattr(exc, "attempts", 1)))
+    log.warning("entry %s failed in %s (%s): %s", row.get("id"), exc.stage,
+                "transient" if exc.retryable else "permanent", exc)
+    return row
+
+
+def _worker_label() -> str:
+    """Which node, process and GPU ran a stage (for the manifest and placement checks)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    gpus = ",".join(context.get_accelerator_ids().get("GPU", [])) or "-"
+    return f"node={context.get_node_id()[:12]} pid={os.getpid()} gpu={gpus}"
+
+
+# -- CPU: download + decode ---------------------------------------------------------------------
+
+def acquire_audio(row: dict, config: dict) -> dict:
+    """Download and decode one entry; the audio goes into the row."""
+    cfg = _config(config)
+    pipeline = Pipeline(cfg.pipeline)
+    # Every column a later stage fills exists from here on, with a value of its final type
+    # ("" rather than None: a batch whose strings are all None becomes a float column, and
+    # blocks of failed and running rows would then disagree about their schema).
+    row = dict(row, title=row.get("title") or "", status=RUNNING, error="", retryable=False, stage="", attempts=1,
+               audio=NO_AUDIO, stem_audio=NO_STEMS, stem_names="", separation_worker="", transcription_worker="",
+               **notes_to_columns([]))
+    timings: dict[str, float] = {}
+
+    def attempt():
+        with pipeline.workdir(str(row["id"])) as workdir:
+            return pipeline.acquire(row["url"], workdir, timings=timings)
+
+    try:
+        title, audio = _retrying(cfg, row, attempt)
+    except PipelineError as exc:
+        return _fail(row, exc)
+    row.update(audio=audio.samples, title=row.get("title") or title, duration_s=round(audio.duration_s, 3))
+    row.update({f"{stage}_s": round(seconds, 4) for stage, seconds in timings.items()})
+    return row
+
+
+# -- GPU: separation and transcription ----------------------------------------------------------
+
+class _ModelStage:
+    """An actor of a Ray Data actor pool that holds one model for its whole life.
+
+    A model that cannot load (weights missing offline) is raised from the first call,
+    not from ``__init__``: Ray reports a failed constructor only as text, while an error
+    raised by a call reaches the driver as the PipelineError itself, so the run stops
+    with the loader's own message (see ``runner``) instead of Ray's traceback.
+    """
+
+    def __init__(self, config: dict):
+        self.cfg = _config(config)
+        self.pipeline = Pipeline(self.cfg.pipeline)
+        self.worker = _worker_label()
+        self.init_error: PipelineError | None = None
+        started = time.perf_counter()
+        try:
+            self.load()
+        except PipelineError as exc:
+            log.error("%s cannot start on %s: %s", type(self).__name__, self.worker, exc)
+            self.init_error = exc
+        else:
+            log.info("%s ready on %s in %.1f s", type(self).__name__, self.worker, time.perf_counter() - started)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        if self.init_error is not None:
+            raise self.init_error
+        rows = [self.process(row) if row["status"] == RUNNING else row for row in _rows(batch)]
+        return _columns(rows)
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def process(self, row: dict) -> dict:
+        raise NotImplementedError
+
+
+class SeparateStems(_ModelStage):
+    """Demucs, loaded once per actor; every stem of the song goes into the row."""
+
+    def load(self) -> None:
+        self.separator = self.pipeline.separator
+
+    def process(self, row: dict) -> dict:
+        timings: dict[str, float] = {}
+        audio = Audio(np.array(row["audio"], dtype=np.float32), SAMPLE_RATE)  # a writable copy for torch
+        try:
+            stems = _retrying(self.cfg, row, lambda: self.pipeline.separate(audio, timings=timings))
+        except PipelineError as exc:
+            return _fail(row, exc)
+        names = list(stems)
+        row.update(stem_audio=np.stack([stems[name].samples for name in names]), stem_names=",".join(names),
+                   separation_s=round(timings.get("separation", 0.0), 4), separation_worker=self.worker)
+        return row
+
+
+class TranscribeStems(_ModelStage):
+    """Basic Pitch, loaded once per actor; the notes go into the row as parallel arrays."""
+
+    def load(self) -> None:
+        self.transcriber = self.pipeline.transcriber
+
+    def process(self, row: dict) -> dict:
+        timings: dict[str, float] = {}
+        stems = stems_of(row)
+        try:
+            notes = _retrying(self.cfg, row, lambda: self.pipeline.transcribe(stems, timings=timings))
+        except PipelineError as exc:
+            return _fail(row, exc)
+        row.update(notes_to_columns([n for stem_notes in notes.values() for n in stem_notes]))
+        row.update(transcription_s=round(timings.get("transcription", 0.0), 4), transcription_worker=self.worker)
+        return row
+
+
+# -- CPU: notation and outputs ------------------------------------------------------------------
+
+def write_score(row: dict, config: dict, output_uri: str, run_id: str) -> dict:
+    """Notate one entry, write its files to the output store; returns its manifest row."""
+    cfg = _config(config)
+    if row["status"] == RUNNING:
+        pipeline = Pipeline(cfg.pipeline)
+        store = ResultStore(output_uri)
+        timings: dict[str, float] = {}
+        audio = Audio(np.asarray(row["audio"], dtype=np.float32), SAMPLE_RATE)
+        stems = stems_of(row)
+        notes: dict[str, list[Note]] = {}
+        for note in notes_from_columns(row):
+            notes.setdefault(note.stem, []).append(note)
+
+        def attempt():
+            with pipeline.workdir(str(row["id"])) as workdir:
+                result = pipeline.write(str(row["id"]), row["url"], row.get("title"), audio, stems, notes,
+                                        workdir / "out", timings=timings)
+                keys = publish(result, store, str(row["id"]))
+            return result, keys
+
+        try:
+            result, keys = _retrying(cfg, row, attempt)
+        except PipelineError as exc:
+            _fail(row, exc)
+        else:
+            urls = {name: store.url(key) for name, key in keys.items()}
+            row.update(
+                status=COMPLETED, n_notes=result.n_notes, key=result.key, tempo_bpm=result.tempo_bpm,
+                time_signature=result.time_signature, separation_model=result.separation_model,
+                stems=result.stems, musicxml=urls.get("score.musicxml"), midi=urls.get("score.mid"),
+                preview=urls.get("preview.svg"), result=urls.get("result.json"),
+                stem_files=sorted(url for name, url in urls.items() if name.startswith("stems/")),
+                notation_s=round(timings.get("notation", 0.0), 4), outputs_s=round(timings.get("outputs", 0.0), 4),
+            )
+    return manifest_row(row, run_id)
+
+
+def manifest_row(row: dict, run_id: str) -> dict:
+    """The light part of a row: what the manifest records (no audio, no notes)."""
+    from rescored_ray.batch.manifest import COLUMNS
+
+    out = {name: _plain(row.get(name)) for name in COLUMNS if name in row}
+    for name in ("title", "error", "stage", "separation_worker", "transcription_worker"):
+        out[name] = out.get(name) or None
+    if out.get("status") == COMPLETED:
+        out["retryable"] = None
+    out["run_id"] = run_id
+    for stage in STAGE_SECONDS:
+        out.setdefault(f"{stage}_s", None)
+    return out
+
+
+# -- row helpers --------------------------------------------------------------------------------
+
+def stems_of(row: dict) -> dict[str, Audio]:
+    """The row's stems by name; the mix itself when separation is off."""
+    names = [name for name in str(row.get("stem_names") or "").split(",") if name]
+    if not names:
+        return {"mix": Audio(np.asarray(row["audio"], dtype=np.float32), SAMPLE_RATE)}
+    stems = np.asarray(row["stem_audio"], dtype=np.float32)
+    return {name: Audio(stems[index], SAMPLE_RATE) for index, name in enumerate(names)}
+
+
+def notes_to_columns(notes: list[Note]) -> dict[str, Any]:
+    """Notes as parallel arrays (what Arrow stores well); stems by index into ``note_stems``."""
+    stems = sorted({n.stem for n in notes})
+    return {
+        "note_stems": ",".join(stems),
+        "note_stem_index": np.array([stems.index(n.stem) for n in notes], dtype=np.int8),
+        "note_start": np.array([n.start_s for n in notes], dtype=np.float64),
+        "note_end": np.array([n.end_s for n in notes], dtype=np.float64),
+        "note_pitch": np.array([n.pitch for n in notes], dtype=np.int16),
+        "note_velocity": np.array([n.velocity for n in notes], dtype=np.int16),
+        "note_amplitude": np.array([n.amplitude for n in notes], dtype=np.float32),
+    }
+
+
+def notes_from_columns(row: dict) -> list[Note]:
+    if row.get("note_start") is None:
+        return []
+    stems = str(row.get("note_stems") or "").split(",")
+    return [
+        Note(start_s=float(start), end_s=float(end), pitch=int(pitch), velocity=int(velocity),
+             stem=stems[int(stem)], amplitude=float(amplitude))
+        for start, end, pitch, velocity, amplitude, stem in zip(*(row[name] for name in NOTE_FIELDS))
+    ]
+
+
+def _rows(batch: dict[str, Any]) -> list[dict]:
+    columns = list(batch)
+    size = len(batch[columns[0]]) if columns else 0
+    return [{name: batch[name][index] for name in columns} for index in range(size)]
+
+
+def _columns(rows: list[dict]) -> dict[str, Any]:
+    """Rows back into a batch; arrays of different shapes stay separate (ragged)."""
+    names: list[str] = []
+    for row in rows:
+        names.extend(name for name in row if name not in names)
+    batch: dict[str, Any] = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        if all(isinstance(value, np.ndarray) for value in values):
+            array = np.empty(len(values), dtype=object)
+            for index, value in enumerate(values):  # element-wise: never let numpy broadcast them
+                array[index] = value
+            batch[name] = array
+        else:
+            batch[name] = [_plain(value) for value in values]
+    return batch
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays of strings as Python values (Arrow and Parquet want them plain)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+        return [_plain(item) for item in value.tolist()]
+    return value
