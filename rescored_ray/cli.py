@@ -159,6 +159,70 @@ def batch(
     typer.echo(summary.line())
 
 
+SERVICE_OPTION = typer.Option(None, "--service", envvar="RESCORED_SERVICE_URL",
+                              help="Service base URL (default http://127.0.0.1:8000).")
+
+
+def _client(service: Optional[str]):
+    from rescored_ray.client import DEFAULT_URL, Client
+
+    return Client(service or DEFAULT_URL)
+
+
+def _service_call(call):
+    """Run an SDK call; service and job errors become one line and an exit code."""
+    from rescored_ray.client import JobCancelled, JobFailed, RescoredError
+
+    try:
+        return call()
+    except JobFailed as exc:
+        _fail(f"error ({exc.stage}, {'transient' if exc.retryable else 'permanent'}): {' '.join(exc.message.split())}")
+        raise typer.Exit(1 if exc.retryable else 2)
+    except JobCancelled as exc:
+        _fail(f"cancelled: {exc}")
+        raise typer.Exit(1)
+    except (RescoredError, OSError) as exc:
+        _fail(f"error (service): {exc}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def submit(
+    url: str = typer.Argument(..., help="Recording URL to transcribe."),
+    priority: str = typer.Option("default", "--priority", help="default | high"),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to transcribe."),
+    wait: bool = typer.Option(False, "--wait", help="Follow progress until the job ends."),
+    service: Optional[str] = SERVICE_OPTION,
+) -> None:
+    """Submit a URL to a running service; prints the job id (and waits with --wait)."""
+    with _client(service) as client:
+        options = {"stems": [s.strip() for s in stems.split(",") if s.strip()]} if stems else {}
+        job = _service_call(lambda: client.submit(url, priority=priority, **options))
+        typer.echo(job.id)
+        if wait:
+            _service_call(lambda: job.wait(progress=sys.stderr.isatty()))
+            typer.echo(f"completed: {client.base_url}/api/v1/scores/{job.id}")
+
+
+@app.command()
+def status(job_id: str = typer.Argument(...), service: Optional[str] = SERVICE_OPTION) -> None:
+    """Print a job's status as JSON."""
+    with _client(service) as client:
+        typer.echo(json.dumps(_service_call(lambda: client.get(job_id).info), indent=2))
+
+
+@app.command()
+def download(
+    job_id: str = typer.Argument(...),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for score.musicxml, score.mid, notes.csv, stems/."),
+    service: Optional[str] = SERVICE_OPTION,
+) -> None:
+    """Save a completed job's score, MIDI, notes and stems into a folder (waits if it is still running)."""
+    with _client(service) as client:
+        folder = _service_call(lambda: client.get(job_id).download(output))
+        typer.echo(str(folder / "score.musicxml"))
+
+
 @app.command()
 def serve(
     config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,

@@ -55,3 +55,14 @@ def write_flac(path: str | os.PathLike, audio: Audio) -> Path:
     with atomic_path(path) as tmp:
         soundfile.write(str(tmp), samples, audio.sample_rate, format="FLAC", subtype="PCM_16")
     return Path(path)
+
+
+NOTES_CSV_COLUMNS = ("stem", "pitch", "start_s", "end_s", "velocity", "amplitude")
+
+
+def write_notes_csv(path: str | os.PathLike, notes) -> Path:
+    """The cleaned notes behind the score, in seconds of the recording (one row a note)."""
+    lines = [",".join(NOTES_CSV_COLUMNS)]
+    for n in sorted(notes, key=lambda n: (n.start_s, n.pitch, n.stem)):
+        lines.append(f"{n.stem},{n.pitch},{n.start_s:.4f},{n.end_s:.4f},{n.velocity},{n.amplitude:.4f}")
+    return write_text(path, "\n".join(lines) + "\n")

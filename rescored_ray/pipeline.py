@@ -21,7 +21,8 @@ from typing import Callable, Iterator
 
 from rescored_ray import decode, notation, outputs, source
 from rescored_ray.config import PipelineConfig
-from rescored_ray.errors import PipelineError
+from rescored_ray.errors import NonRetryableError, PipelineError
+from rescored_ray.transcription import stems_to_transcribe
 from rescored_ray.types import Audio, Note
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class Pipeline:
         """Stems of ``audio`` (``{"mix": audio}`` when separation is off)."""
         report = report or StageProgress(None)
         timings = {} if timings is None else timings
-        if not self.config.separation.enabled:
+        if not self.config.separation.enabled or self.config.transcription.stems == ["mix"]:
             report("separation", 1.0, "Separation off: transcribing the mix")
             return {"mix": audio}
         report("separation", 0.0, f"Separating stems with {self.config.separation.model}")
@@ -197,6 +198,10 @@ class Pipeline:
         missing = [name for name in wanted if name not in stems]
         if missing and "mix" not in stems:
             log.warning("stems %s not produced by %s; available: %s", missing, self.config.separation.model, list(stems))
+            if not stems_to_transcribe(stems, wanted):  # an empty score would hide the mistake
+                raise NonRetryableError(
+                    f"none of the requested stems {wanted} is produced by {self.config.separation.model} "
+                    f"(it produces {', '.join(stems)}; drums are never transcribed)", stage="transcription")
         with _timed(timings, "transcription"):
             return _in_stage("transcription", lambda: self.transcriber.transcribe_stems(
                 stems, wanted,
@@ -222,6 +227,8 @@ class Pipeline:
             with outputs.atomic_path(output_dir / "score.mid") as tmp:
                 _in_stage("notation", lambda: notation.write_midi(notated.score, tmp))
             written["midi"] = str(output_dir / "score.mid")
+            cleaned = [n for stem_notes in notated.notes.values() for n in stem_notes]
+            written["notes"] = str(outputs.write_notes_csv(output_dir / "notes.csv", cleaned))
         report("musicxml", 0.6, "Writing stems and preview")
         warnings = list(notated.warnings)
         with _timed(timings, "outputs"):
@@ -252,7 +259,7 @@ class Pipeline:
             timings=timings,
             time_offset_s=round(notated.time_offset_s, 4),
             warnings=warnings,
-            notes=[n for stem_notes in notated.notes.values() for n in stem_notes],
+            notes=cleaned,
         )
         result.outputs["result"] = str(output_dir / "result.json")
         outputs.write_json(output_dir / "result.json", result.to_dict())

@@ -206,3 +206,15 @@ def serve_port(ray_cluster) -> int:
         port = sock.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return port
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A second, separate Ray cluster (``ray start --head``, token auth on) for Ray Jobs API tests."""
+    from tests.ray_head import RayHead
+
+    head = RayHead(tmp_path_factory.mktemp("ray_head"), num_cpus=8)
+    head.start()
+    yield head
+    head.stop()
+    assert head.marked_pids() == [], "processes of the test cluster outlived its teardown"

@@ -49,7 +49,13 @@ class RayHead:
 
     @property
     def address(self) -> str:
+        """The dashboard / Jobs API."""
         return f"http://127.0.0.1:{self.dashboard}"
+
+    @property
+    def gcs_address(self) -> str:
+        """What ``ray.init(address=...)`` connects to."""
+        return f"127.0.0.1:{self.gcs}"
 
     def client_env(self) -> dict[str, str]:
         """What ``ray job submit`` needs to reach this head with its token."""
@@ -75,6 +81,7 @@ class RayHead:
                  f"--dashboard-port={self.dashboard}", f"--dashboard-agent-listen-port={self.agent}",
                  f"--ray-client-server-port={self.client}", f"--temp-dir={self.temp_dir}",
                  f"--num-cpus={self.num_cpus}", "--num-gpus=0", "--include-dashboard=true",
+                 "--node-ip-address=127.0.0.1",
                  "--disable-usage-stats"],
                 env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s

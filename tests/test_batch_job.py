@@ -11,19 +11,9 @@ import pytest
 import yaml
 
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST
-from tests.ray_head import RayHead
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    head = RayHead(tmp_path_factory.mktemp("ray_head"), num_cpus=4)
-    head.start()
-    yield head
-    head.stop()
-    assert head.marked_pids() == [], "processes of the test cluster outlived its teardown"
 
 
 def test_ray_job_submit_runs_the_playlist_job(ray_head, rss_feed_info, tmp_path):

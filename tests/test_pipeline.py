@@ -162,3 +162,16 @@ def test_checkpoint_errors_stop_the_job_unchanged(chorale, transcriber, tmp_path
 def test_progress_bands_are_the_celery_designs():
     assert BANDS["download"][0] == 5 and BANDS["decode"][1] == 20
     assert BANDS["separation"] == (20, 50) and BANDS["transcription"] == (50, 90) and BANDS["musicxml"] == (90, 100)
+
+
+def test_stem_choice_that_yields_nothing_is_a_permanent_error_and_mix_skips_separation(chorale, transcriber,
+                                                                                      tmp_path):
+    separated = {"separation": {"model": "demucs_unittest"}}
+    with pytest.raises(NonRetryableError, match="none of the requested stems") as info:
+        Pipeline(config(tmp_path, transcription={"stems": ["piano"]}, **separated),
+                 transcriber=transcriber).run(str(chorale.path), tmp_path / "out")
+    assert info.value.stage == "transcription"
+    # asking for the mix needs no separation: the model is not even loaded
+    pipeline = Pipeline(config(tmp_path, **separated), transcriber=transcriber)
+    result = pipeline.run(str(chorale.path), tmp_path / "mix")
+    assert result.stems == ["mix"] and result.n_notes > 50 and pipeline._separator is None

@@ -14,8 +14,7 @@ import pytest
 import soundfile
 from websockets.sync.client import connect as ws_connect
 
-from rescored_ray.service.app import build_app
-from rescored_ray.service.config import load_service_config
+from tests.service_app import deploy
 
 FAST = {"separation": "none", "stems": ["mix"]}
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -26,22 +25,8 @@ def service(serve_port, tmp_path_factory):
     from ray import serve
 
     data_dir = tmp_path_factory.mktemp("service-data")
-    config = load_service_config(env={}, overrides={
-        "data_dir": str(data_dir),
-        "worker_slots": 1,
-        "lease_s": 3.0,
-        "heartbeat_s": 0.5,
-        "poll_s": 0.1,
-        "soft_time_limit_s": 25.0,
-        "hard_time_limit_s": 120.0,
-        "backoff_base_s": 0.5,
-        "security": {"allow_private_networks": True},
-        "separator": {"num_cpus": 0.5},
-        "transcriber": {"num_cpus": 0.5},
-        "pipeline": {"separation": {"model": "demucs_unittest", "device": "cpu"}},
-    })
+    deploy(data_dir)
     port = serve_port
-    serve.run(build_app(config, gpus_available=False), name="rescored", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     client.port = port
     client.data_dir = data_dir

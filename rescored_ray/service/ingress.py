@@ -206,6 +206,15 @@ class Ingress:
             "result_url": f"{base}{API}/scores/{job.job_id}" if job.status == JobStatus.COMPLETED else None,
         }
 
+    @app.get(f"{API}/jobs")
+    async def list_jobs(self, request: Request, status: str | None = None, limit: int = 50):
+        """Most recent jobs first, optionally of one status (queued, running, completed, failed, cancelled)."""
+        if status is not None and status not in {s.value for s in JobStatus}:
+            return _error(400, f"invalid status {status!r}: one of {', '.join(s.value for s in JobStatus)}")
+        jobs = await self.ledger.list_jobs.remote(status, max(1, min(int(limit), 500)))
+        base = str(request.base_url).rstrip("/")
+        return {"jobs": [self._view(job, base) for job in jobs]}
+
     @app.delete(f"{API}/jobs/{{job_id}}")
     async def cancel(self, job_id: str):
         job = await self.ledger.cancel.remote(job_id)
@@ -245,6 +254,14 @@ class Ingress:
     @app.get(f"{API}/scores/{{job_id}}/midi")
     async def midi(self, job_id: str):
         return await self._file(job_id, "score.mid", "audio/midi", f"{job_id}.mid")
+
+    @app.get(f"{API}/scores/{{job_id}}/notes")
+    async def notes(self, job_id: str):
+        return await self._file(job_id, "notes.csv", "text/csv", f"{job_id}-notes.csv")
+
+    @app.get(f"{API}/scores/{{job_id}}/preview")
+    async def preview(self, job_id: str):
+        return await self._file(job_id, "preview.svg", "image/svg+xml", f"{job_id}.svg")
 
     @app.get(f"{API}/scores/{{job_id}}/stems/{{stem}}")
     async def stem(self, job_id: str, stem: str):

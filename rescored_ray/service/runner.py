@@ -12,43 +12,52 @@ import functools
 import http.server
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-import httpx
-
+from rescored_ray.client import Client
 from rescored_ray.service.config import ServiceConfig
 
 APP_NAME = "rescored"
 
 
 def start_service(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000,
-                  dashboard: bool = True) -> str:
-    """Start local Ray (more logical CPUs than cores: every actor sets num_cpus) and the app."""
+                  dashboard: bool = True, address: str | None = None) -> str:
+    """Start the app on the Ray cluster at ``address``, or on a new local Ray (more logical
+    CPUs than cores: every actor sets num_cpus). Returns the service's base URL."""
     import ray
     from ray import serve
 
     from rescored_ray.service.app import build_app
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=dashboard,
-                 dashboard_host="127.0.0.1", configure_logging=True, logging_level="WARNING",
-                 log_to_driver=False)
+    global _dashboard
+    if address and not ray.is_initialized():
+        context = ray.init(address=address, log_to_driver=False)
+        _dashboard = f"http://{context.dashboard_url}" if context.dashboard_url else None
+    elif not ray.is_initialized():
+        # Ray jobs submitted to this local cluster (Client.batch) run `python ...`: make that
+        # this interpreter, as in a Jupyter kernel whose venv is not on PATH.
+        bin_dir = os.path.dirname(sys.executable)
+        if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+            os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+        context = ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=dashboard,
+                           dashboard_host="127.0.0.1", configure_logging=True, logging_level="WARNING",
+                           log_to_driver=False)
+        _dashboard = f"http://{context.dashboard_url}" if context.dashboard_url else None
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"
 
 
-def dashboard_url() -> str | None:
-    import ray
+_dashboard: str | None = None
 
-    try:
-        return ray.get_runtime_context().dashboard_url or None  # type: ignore[attr-defined]
-    except Exception:
-        context = ray.worker.global_worker.node  # noqa: SLF001 - best effort for older Ray
-        return getattr(context, "webui_url", None)
+
+def dashboard_url() -> str | None:
+    """The Ray dashboard (and Jobs API) of the Ray this process started, as an http:// URL."""
+    return _dashboard
 
 
 def stop_service() -> None:
@@ -61,7 +70,8 @@ def stop_service() -> None:
         ray.shutdown()
 
 
-def _serve_folder(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+def serve_folder(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """Serve ``folder`` on a loopback port (the demo's and the notebook's input); returns (server, base URL)."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -73,62 +83,30 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def follow(base_url: str, job_id: str, on_message: Callable[[dict], None], timeout: float = 600) -> dict:
-    """Stream a job's WebSocket until its final message; fall back to polling if it drops."""
-    from websockets.sync.client import connect
-
-    ws_url = base_url.replace("http", "ws", 1) + f"/api/v1/jobs/{job_id}/stream"
-    try:
-        with connect(ws_url, open_timeout=30, close_timeout=5) as ws:
-            for raw in ws:
-                message = json.loads(raw)
-                on_message(message)
-                if message["type"] in ("completed", "error", "cancelled"):
-                    return message
-    except Exception:
-        pass
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=base_url, timeout=30) as client:
-        while time.monotonic() < deadline:
-            job = client.get(f"/api/v1/jobs/{job_id}").json()
-            if job["status"] in ("completed", "failed", "cancelled"):
-                return {"type": {"failed": "error"}.get(job["status"], job["status"]), "job": job}
-            time.sleep(1)
-    raise TimeoutError(f"job {job_id} did not finish in {timeout:g} s")
-
-
 def run_demo(config: ServiceConfig, audio: Path, out_dir: Path, port: int,
              log: Callable[[str], None] = print) -> Path:
     """Submit ``audio`` to a freshly started local service and download its score to ``out_dir``."""
     config = config.model_copy(update={"security": config.security.model_copy(update={"allow_private_networks": True})})
-    files, files_url = _serve_folder(audio.parent.resolve())
+    files, files_url = serve_folder(audio.parent.resolve())
     started = time.monotonic()
     try:
         base = start_service(config, port=port, dashboard=False)
         log(f"service up at {base} (docs: {base}/docs) in {time.monotonic() - started:.0f} s")
-        with httpx.Client(base_url=base, timeout=60) as client:
-            created = client.post("/api/v1/transcribe", json={"url": f"{files_url}/{audio.name}"})
-            created.raise_for_status()
-            job_id = created.json()["job_id"]
-            log(f"submitted {audio.name}: job {job_id}")
+        with Client(base) as client:
+            job = client.submit(f"{files_url}/{audio.name}")
+            log(f"submitted {audio.name}: job {job.id}")
 
             def show(message: dict) -> None:
                 if message["type"] == "progress":
                     log(f"  [{message['progress']:3d}%] {message['stage']}: {message['message']}")
 
-            final = follow(base, job_id, show)
-            job = client.get(f"/api/v1/jobs/{job_id}").json()
-            if job["status"] != "completed":
-                raise RuntimeError(f"demo job ended {job['status']}: {job.get('error')}")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            score = out_dir / "score.musicxml"
-            score.write_bytes(client.get(f"/api/v1/scores/{job_id}").content)
-            (out_dir / "score.mid").write_bytes(client.get(f"/api/v1/scores/{job_id}/midi").content)
-            (out_dir / "job.json").write_text(json.dumps(job, indent=2))
-            result = job["result"]
-            log(f"{final['type']}: {result['n_notes']} notes, key {result['key']}, {result['tempo_bpm']:g} bpm; "
-                f"score written to {score}")
-            return score
+            job.wait(timeout=600, progress=False, on_message=show)
+            score = job.result(progress=False)
+            score.save(out_dir)
+            (out_dir / "job.json").write_text(json.dumps(job.status(), indent=2))
+            log(f"completed: {score.result['n_notes']} notes, key {score.key}, {score.tempo:g} bpm; "
+                f"score written to {out_dir / 'score.musicxml'}")
+            return out_dir / "score.musicxml"
     finally:
         files.shutdown()
         stop_service()

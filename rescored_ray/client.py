@@ -1,0 +1,492 @@
+"""Python SDK for the rescored-ray service: ``Client`` and ``AsyncClient`` (the httpx pattern).
+
+    client = rescored_ray.Client("http://127.0.0.1:8000")
+    job = client.submit("https://youtu.be/...", priority="high", stems=["other", "bass"])
+    score = job.result()          # waits with a live progress bar (WebSocket, polling if it drops)
+    score                         # in Jupyter: the first page of the sheet music
+
+Errors of the service arrive as exceptions: :class:`JobFailed` (with ``stage`` and
+``retryable``), :class:`JobCancelled`, :class:`ServiceError` for refused requests
+(``status_code`` and the service's message). ``Client.batch`` submits a playlist run as
+a Ray job through the Ray Jobs API and returns a :class:`BatchRun` to follow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import httpx
+
+from rescored_ray.score import Score
+
+API = "/api/v1"
+TERMINAL = {"completed", "failed", "cancelled"}
+FINAL_MESSAGES = {"completed", "error", "cancelled"}
+DEFAULT_URL = os.environ.get("RESCORED_SERVICE_URL", "http://127.0.0.1:8000")
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+class RescoredError(Exception):
+    """Base of every error the SDK raises on purpose."""
+
+
+class ServiceError(RescoredError):
+    """The service refused a request (``status_code`` 4xx/5xx, ``message`` its explanation)."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(f"{status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+class JobNotFound(ServiceError):
+    pass
+
+
+class JobFailed(RescoredError):
+    """The job failed: ``stage`` where, ``retryable`` whether a later attempt could succeed."""
+
+    def __init__(self, job_id: str, error: dict | None):
+        error = error or {}
+        self.job_id = job_id
+        self.error = error
+        self.message = error.get("message") or "job failed"
+        self.stage = error.get("stage")
+        self.retryable = bool(error.get("retryable"))
+        kind = "transient" if self.retryable else "permanent"
+        super().__init__(f"job {job_id} failed in {self.stage} ({kind}): {self.message}")
+
+
+class JobCancelled(RescoredError):
+    def __init__(self, job_id: str):
+        super().__init__(f"job {job_id} was cancelled")
+        self.job_id = job_id
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    try:
+        message = response.json().get("error") or response.text
+    except ValueError:
+        message = response.text
+    cls = JobNotFound if response.status_code == 404 and "job not found" in str(message) else ServiceError
+    raise cls(response.status_code, str(message))
+
+
+def _file_route(job_id: str, name: str) -> str:
+    """Service route of one output file by its name in the job folder."""
+    routes = {"score.musicxml": "", "score.mid": "/midi", "notes.csv": "/notes", "preview.svg": "/preview"}
+    if name in routes:
+        return f"{API}/scores/{job_id}{routes[name]}"
+    if name.startswith("stems/") and name.endswith(".flac"):
+        return f"{API}/scores/{job_id}/stems/{name[len('stems/'):-len('.flac')]}"
+    raise KeyError(f"the service does not serve {name!r}")
+
+
+def _submission(url: str, priority: str, options: dict) -> dict:
+    return {"url": url, "priority": priority, "options": {k: v for k, v in options.items() if v is not None}}
+
+
+class _Follower:
+    """Turns a job's WebSocket messages into a progress bar and, at the end, a result or an exception."""
+
+    def __init__(self, job_id: str, progress: bool, on_message: Callable[[dict], None] | None):
+        self.job_id = job_id
+        self.on_message = on_message
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=100, desc=f"job {job_id[:8]}", unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def message(self, message: dict) -> bool:
+        """Handle one message; True when it was the last one."""
+        if self.on_message is not None:
+            self.on_message(message)
+        kind = message.get("type")
+        if kind == "state":
+            self._show(message.get("progress") or 0, message.get("status_message") or message.get("status"))
+        elif kind == "progress":
+            self._show(message.get("progress") or 0, f"{message.get('stage')}: {message.get('message')}")
+        elif kind == "retrying":
+            self._show(None, f"retrying in {message.get('retry_in_s')} s: {(message.get('error') or {}).get('message')}")
+        return kind in FINAL_MESSAGES
+
+    def status(self, view: dict) -> bool:
+        """Handle a polled job view; True when the job has ended."""
+        self._show(view.get("progress") or 0, view.get("status_message") or view.get("status"))
+        return view.get("status") in TERMINAL
+
+    def _show(self, percent: int | None, text: str | None) -> None:
+        if self.bar is None:
+            return
+        if percent is not None and percent > self.bar.n:
+            self.bar.update(percent - self.bar.n)
+        if text:
+            self.bar.set_postfix_str(str(text)[:60], refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _outcome(job_id: str, view: dict) -> dict:
+    if view["status"] == "failed":
+        raise JobFailed(job_id, view.get("error"))
+    if view["status"] == "cancelled":
+        raise JobCancelled(job_id)
+    return view
+
+
+# -- sync -----------------------------------------------------------------------------------------
+
+class Job:
+    """A submitted job; ``result()`` waits for it and returns its :class:`Score`."""
+
+    def __init__(self, client: "Client", job_id: str, info: dict | None = None):
+        self.client = client
+        self.id = job_id
+        self.info = info or {}
+        self.final: dict | None = None
+        """The job's status once :meth:`wait` saw it complete."""
+
+    @property
+    def deduplicated(self) -> bool:
+        """True when the service returned an existing job for an identical submission."""
+        return bool(self.info.get("deduplicated"))
+
+    def status(self) -> dict:
+        return self.client._get_json(f"{API}/jobs/{self.id}")
+
+    def cancel(self) -> dict:
+        return self.client.cancel(self.id)
+
+    def wait(self, timeout: float | None = None, progress: bool = True,
+             on_message: Callable[[dict], None] | None = None) -> dict:
+        """Block until the job ends; returns its final status, or raises :class:`JobFailed`,
+        :class:`JobCancelled` or ``TimeoutError``. Progress comes from the WebSocket stream
+        (a tqdm bar: a widget in Jupyter, text in a terminal); polling takes over if it drops."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        follower = _Follower(self.id, progress, on_message)
+        try:
+            try:
+                self._stream(follower, deadline)
+            except TimeoutError:
+                raise
+            except Exception:  # no WebSocket (proxy, dropped connection): poll instead
+                self._poll(follower, deadline)
+            self.final = _outcome(self.id, self.status())
+            return self.final
+        finally:
+            follower.close()
+
+    def _stream(self, follower: _Follower, deadline: float | None) -> None:
+        from websockets.sync.client import connect
+
+        url = self.client.ws_url(f"{API}/jobs/{self.id}/stream")
+        with connect(url, additional_headers=self.client.headers, open_timeout=30, close_timeout=5) as ws:
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    raw = ws.recv(timeout=remaining)
+                except TimeoutError:
+                    raise TimeoutError(f"job {self.id} did not finish in time") from None
+                if follower.message(json.loads(raw)):
+                    return
+
+    def _poll(self, follower: _Follower, deadline: float | None, interval: float = 0.5) -> None:
+        while not follower.status(self.status()):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} did not finish in time")
+            time.sleep(interval)
+
+    def events(self, timeout: float | None = None) -> Iterable[dict]:
+        """The job's WebSocket messages as they come (state first, then progress ... final)."""
+        collected: list[dict] = []
+        self.wait(timeout=timeout, progress=False, on_message=collected.append)
+        return collected
+
+    def result(self, timeout: float | None = None, progress: bool = True) -> Score:
+        view = self.final or self.wait(timeout=timeout, progress=progress)
+        return Score({**(view.get("result") or {}), "job_id": self.id},
+                     lambda name: self.client._get_bytes(_file_route(self.id, name)), job_id=self.id)
+
+    def download(self, folder: str | os.PathLike, timeout: float | None = None) -> Path:
+        """Wait, then save the score, MIDI, notes and stems into ``folder``."""
+        return self.result(timeout=timeout, progress=False).save(folder)
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+
+class Client:
+    """Talks to a rescored-ray service (``rescored-ray serve``, ``serve run configs/serve.yaml``)."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout)
+
+    def ws_url(self, path: str) -> str:
+        return self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + path
+
+    def submit(self, url: str, priority: str = "default", **options: Any) -> Job:
+        """Queue one recording; ``options``: stems, separation, tempo_override, key_override."""
+        info = _check(self._http.post(f"{API}/transcribe", json=_submission(url, priority, options))).json()
+        return Job(self, info["job_id"], info)
+
+    def submit_many(self, urls: Iterable[str], priority: str = "default", **options: Any) -> list[Job]:
+        return [self.submit(url, priority, **options) for url in urls]
+
+    def get(self, job_id: str) -> Job:
+        return Job(self, job_id, self._get_json(f"{API}/jobs/{job_id}"))
+
+    def jobs(self, status: str | None = None, limit: int = 50) -> list[dict]:
+        params = {"limit": limit, **({"status": status} if status else {})}
+        return _check(self._http.get(f"{API}/jobs", params=params)).json()["jobs"]
+
+    def cancel(self, job_id: str) -> dict:
+        return _check(self._http.delete(f"{API}/jobs/{job_id}")).json()
+
+    def queue(self) -> dict:
+        return self._get_json(f"{API}/queue")
+
+    def batch(self, sources: list[str], output: str, **kwargs: Any) -> "BatchRun":
+        """Submit a playlist run as a Ray job (see :func:`submit_batch`)."""
+        return submit_batch(sources, output, **kwargs)
+
+    def _get_json(self, path: str) -> dict:
+        return _check(self._http.get(path)).json()
+
+    def _get_bytes(self, path: str) -> bytes:
+        return _check(self._http.get(path)).content
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- async ----------------------------------------------------------------------------------------
+
+class AsyncJob:
+    """:class:`Job` with awaitable methods."""
+
+    def __init__(self, client: "AsyncClient", job_id: str, info: dict | None = None):
+        self.client = client
+        self.id = job_id
+        self.info = info or {}
+
+    @property
+    def deduplicated(self) -> bool:
+        return bool(self.info.get("deduplicated"))
+
+    async def status(self) -> dict:
+        return await self.client._get_json(f"{API}/jobs/{self.id}")
+
+    async def cancel(self) -> dict:
+        return await self.client.cancel(self.id)
+
+    async def wait(self, timeout: float | None = None, progress: bool = True,
+                   on_message: Callable[[dict], None] | None = None) -> dict:
+        follower = _Follower(self.id, progress, on_message)
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    await self._stream(follower)
+                except (TimeoutError, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    while not follower.status(await self.status()):
+                        await asyncio.sleep(0.5)
+            return _outcome(self.id, await self.status())
+        except TimeoutError:
+            raise TimeoutError(f"job {self.id} did not finish in time") from None
+        finally:
+            follower.close()
+
+    async def _stream(self, follower: _Follower) -> None:
+        from websockets.asyncio.client import connect
+
+        url = self.client.ws_url(f"{API}/jobs/{self.id}/stream")
+        async with connect(url, additional_headers=self.client.headers, open_timeout=30, close_timeout=5) as ws:
+            async for raw in ws:
+                if follower.message(json.loads(raw)):
+                    return
+
+    async def events(self, timeout: float | None = None) -> list[dict]:
+        collected: list[dict] = []
+        await self.wait(timeout=timeout, progress=False, on_message=collected.append)
+        return collected
+
+    async def result(self, timeout: float | None = None, progress: bool = True) -> Score:
+        """Waits, then fetches every file at once (a Score's attributes are plain, not awaitable)."""
+        view = await self.wait(timeout=timeout, progress=progress)
+        result = {**(view.get("result") or {}), "job_id": self.id}
+        stems = [s for s in result.get("stems") or [] if s != "mix"]
+        names = ["score.musicxml", "score.mid", "notes.csv", *[f"stems/{s}.flac" for s in stems]]
+        files = await asyncio.gather(*(self.client._get_bytes(_file_route(self.id, n)) for n in names))
+        cache = dict(zip(names, files))
+        return Score(result, cache.__getitem__, job_id=self.id)
+
+    async def download(self, folder: str | os.PathLike, timeout: float | None = None) -> Path:
+        score = await self.result(timeout=timeout, progress=False)
+        return await asyncio.to_thread(score.save, folder)
+
+    def __repr__(self) -> str:
+        return f"AsyncJob({self.id!r})"
+
+
+class AsyncClient:
+    """:class:`Client` for asyncio code: the same methods, awaitable."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=timeout)
+
+    def ws_url(self, path: str) -> str:
+        return self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + path
+
+    async def submit(self, url: str, priority: str = "default", **options: Any) -> AsyncJob:
+        response = await self._http.post(f"{API}/transcribe", json=_submission(url, priority, options))
+        info = _check(response).json()
+        return AsyncJob(self, info["job_id"], info)
+
+    async def submit_many(self, urls: Iterable[str], priority: str = "default", **options: Any) -> list[AsyncJob]:
+        return list(await asyncio.gather(*(self.submit(url, priority, **options) for url in urls)))
+
+    async def get(self, job_id: str) -> AsyncJob:
+        return AsyncJob(self, job_id, await self._get_json(f"{API}/jobs/{job_id}"))
+
+    async def jobs(self, status: str | None = None, limit: int = 50) -> list[dict]:
+        params = {"limit": limit, **({"status": status} if status else {})}
+        return _check(await self._http.get(f"{API}/jobs", params=params)).json()["jobs"]
+
+    async def cancel(self, job_id: str) -> dict:
+        return _check(await self._http.delete(f"{API}/jobs/{job_id}")).json()
+
+    async def queue(self) -> dict:
+        return await self._get_json(f"{API}/queue")
+
+    async def batch(self, sources: list[str], output: str, **kwargs: Any) -> "BatchRun":
+        return await asyncio.to_thread(submit_batch, sources, output, **kwargs)
+
+    async def _get_json(self, path: str) -> dict:
+        return _check(await self._http.get(path)).json()
+
+    async def _get_bytes(self, path: str) -> bytes:
+        return _check(await self._http.get(path)).content
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+
+# -- batch runs as Ray jobs -----------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def ray_auth_headers() -> dict[str, str]:
+    """Ray 2.60 token auth: the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if not token and Path(path).is_file():
+        token = Path(path).read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class BatchFailed(RescoredError):
+    pass
+
+
+class BatchRun:
+    """A playlist run submitted to the Ray Jobs API; follow it like any Ray job."""
+
+    def __init__(self, jobs_client, submission_id: str, output: str):
+        self.jobs = jobs_client
+        self.id = submission_id
+        self.output = output
+
+    def status(self) -> str:
+        return str(self.jobs.get_job_status(self.id).value)
+
+    def logs(self) -> str:
+        return self.jobs.get_job_logs(self.id)
+
+    def wait(self, timeout: float | None = None, poll_s: float = 1.0) -> str:
+        """Block until the Ray job ends; raises :class:`BatchFailed` (with its log tail) unless it succeeded."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.jobs.get_job_status(self.id).is_terminal():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {self.id} still running after {timeout:g} s")
+            time.sleep(poll_s)
+        status = self.status()
+        if status != "SUCCEEDED":
+            raise BatchFailed(f"batch {self.id} ended {status}:\n{self.logs()[-2000:]}")
+        return status
+
+    def summary(self) -> str | None:
+        """The run's summary line (completed/failed/skipped, audio hours, songs/hour)."""
+        lines = [line for line in self.logs().splitlines() if line.startswith("batch ")]
+        return lines[-1] if lines else None
+
+    def manifest(self):
+        """The run's Parquet manifest as a pandas DataFrame (one row per entry)."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        from rescored_ray.batch.manifest import MANIFEST
+        from rescored_ray.storage import ResultStore
+
+        return pq.read_table(io.BytesIO(ResultStore(self.output).read_bytes(MANIFEST))).to_pandas()
+
+    def __repr__(self) -> str:
+        return f"BatchRun({self.id!r}, output={self.output!r})"
+
+
+def submit_batch(sources: list[str], output: str, *, config: str | None = None, ray_address: str | None = None,
+                 working_dir: str | os.PathLike | None = None, submission_id: str | None = None,
+                 env: dict[str, str] | None = None) -> BatchRun:
+    """Run ``jobs/transcribe_playlist.py SOURCES --output OUTPUT`` as a Ray job.
+
+    ``ray_address`` is the dashboard's HTTP address (default: RAY_API_SERVER_ADDRESS, else
+    http://127.0.0.1:8265); the token comes from the usual Ray places (:func:`ray_auth_headers`).
+    ``working_dir`` (default: this repository) is uploaded, so the cluster runs this code.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    address = ray_address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265"
+    if "://" not in address:  # "127.0.0.1:8265" as Ray prints it: without a scheme Ray reads a GCS address
+        address = f"http://{address}"
+    working_dir = Path(working_dir or REPO_ROOT)
+    if not (working_dir / "jobs" / "transcribe_playlist.py").is_file():
+        raise FileNotFoundError(f"{working_dir} has no jobs/transcribe_playlist.py; pass working_dir=<repository>")
+    args = ["python", "jobs/transcribe_playlist.py", *sources, "--output", output, "--quiet"]
+    if config:
+        args += ["--config", str(config)]
+    jobs = JobSubmissionClient(address, headers=ray_auth_headers())
+    runtime_env: dict[str, Any] = {"working_dir": str(working_dir)}
+    if env:
+        runtime_env["env_vars"] = dict(env)
+    submission = jobs.submit_job(entrypoint=shlex.join(args), runtime_env=runtime_env, submission_id=submission_id)
+    return BatchRun(jobs, submission, output)
