@@ -47,6 +47,9 @@ class SeparationConfig(_Section):
     segment: float | None = Field(None, gt=0, description="Chunk length in seconds (model default if unset).")
     overlap: float = Field(0.25, ge=0, lt=1)
     shifts: int = Field(0, ge=0, description="Random time shifts averaged (0 = deterministic).")
+    batch_chunks: int = Field(
+        1, ge=1, le=64,
+        description="Chunks per forward pass (1 = stock Demucs, one chunk each; more pays on GPUs, not on CPUs).")
 
     @property
     def enabled(self) -> bool:

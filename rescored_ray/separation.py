@@ -214,14 +214,83 @@ class Separator:
             torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            out = apply_model(
-                self.model,
-                mix.to(device),
-                shifts=cfg.shifts,
-                split=True,
-                overlap=cfg.overlap,
-                device=device,
-                segment=cfg.segment,
-                callback=on_chunk,
-            )
+            if cfg.batch_chunks > 1 and cfg.shifts == 0:
+                out = apply_batched(self.model, mix.to(device), batch_chunks=cfg.batch_chunks, overlap=cfg.overlap,
+                                    segment=cfg.segment, callback=on_chunk)
+            else:
+                out = apply_model(
+                    self.model,
+                    mix.to(device),
+                    shifts=cfg.shifts,
+                    split=True,
+                    overlap=cfg.overlap,
+                    device=device,
+                    segment=cfg.segment,
+                    callback=on_chunk,
+                )
         return out.float().cpu()
+
+
+def apply_batched(model, mix: torch.Tensor, *, batch_chunks: int, overlap: float = 0.25,
+                  segment: float | None = None, transition_power: float = 1.0,
+                  callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+    """Demucs' ``apply_model(split=True, shifts=0)`` with ``batch_chunks`` chunks per forward pass.
+
+    The same chunks (Demucs' ``TensorChunk``, padded with the neighbouring audio), the same
+    triangular cross-fade and the same bag-of-models weighting; only the forward passes are
+    batched, which is what keeps a GPU busy (stock Demucs runs one 7.8 s chunk at a time).
+    ``callback`` gets ``{"state": "end", "segment_offset", "model_idx_in_bag", "models"}``
+    after each batch, like Demucs' own.
+    """
+    from demucs.apply import BagOfModels, TensorChunk, center_trim
+    from demucs.htdemucs import HTDemucs
+
+    if isinstance(model, BagOfModels):
+        estimates, totals = 0.0, [0.0] * len(model.sources)
+        for index, (sub_model, weights) in enumerate(zip(model.models, model.weights)):
+            sub_callback = None if callback is None else (
+                lambda info, i=index: callback({**info, "model_idx_in_bag": i, "models": len(model.models)}))
+            out = apply_batched(sub_model, mix, batch_chunks=batch_chunks, overlap=overlap, segment=segment,
+                                transition_power=transition_power, callback=sub_callback)
+            for k, weight in enumerate(weights):
+                out[:, k] *= weight
+                totals[k] += weight
+            estimates = estimates + out
+        for k in range(estimates.shape[1]):
+            estimates[:, k] /= totals[k]
+        return estimates
+
+    batch, channels, length = mix.shape
+    chunk_seconds = segment if segment is not None else model.segment
+    segment_length = int(model.samplerate * chunk_seconds)
+    stride = int((1 - overlap) * segment_length)
+    weight = torch.cat([torch.arange(1, segment_length // 2 + 1, device=mix.device),
+                        torch.arange(segment_length - segment_length // 2, 0, -1, device=mix.device)])
+    weight = (weight / weight.max()) ** transition_power
+    out = torch.zeros(batch, len(model.sources), channels, length, device=mix.device)
+    sum_weight = torch.zeros(length, device=mix.device)
+    offsets = list(range(0, length, stride))
+    for start in range(0, len(offsets), batch_chunks):
+        group = offsets[start:start + batch_chunks]
+        chunks = [TensorChunk(mix, offset, segment_length) for offset in group]
+        padded = []
+        for chunk in chunks:  # the padding apply_model's inner call gives each chunk
+            if isinstance(model, HTDemucs) and segment is not None:
+                valid_length = int(segment * model.samplerate)
+            elif hasattr(model, "valid_length"):
+                valid_length = model.valid_length(chunk.length)
+            else:
+                valid_length = chunk.length
+            padded.append(chunk.padded(valid_length))
+        if len({p.shape[-1] for p in padded}) == 1:
+            results = model(torch.cat(padded, dim=0)).split(batch, dim=0)
+        else:  # models whose valid length depends on the chunk's: the short last chunk alone
+            results = [model(p) for p in padded]
+        for offset, chunk, result in zip(group, chunks, results):
+            chunk_out = center_trim(result, chunk.length)
+            chunk_length = chunk_out.shape[-1]
+            out[..., offset:offset + segment_length] += weight[:chunk_length] * chunk_out
+            sum_weight[offset:offset + segment_length] += weight[:chunk_length]
+        if callback is not None:
+            callback({"state": "end", "segment_offset": group[-1], "model_idx_in_bag": 0, "models": 1})
+    return out / sum_weight

@@ -110,3 +110,33 @@ def test_offline_hub_error_names_the_cache_and_the_fix(tmp_path):
     assert "could not be loaded" in out.stdout, out.stderr[-2000:]
     assert "Hugging Face cache" in out.stdout and "HF_HUB_OFFLINE is set" in out.stdout
     assert str(tmp_path / "hf") in out.stdout
+
+
+@pytest.mark.parametrize("model_name", ["small_htdemucs", "demucs_unittest"])
+def test_batched_chunks_equal_stock_demucs(model_name):
+    """batch_chunks > 1 runs the same chunks, padding and cross-fade as apply_model, batched."""
+    from fractions import Fraction
+
+    from demucs.htdemucs import HTDemucs
+
+    from rescored_ray.config import SeparationConfig
+    from rescored_ray.separation import Separator, _seeded, load_demucs
+    from rescored_ray.types import Audio
+
+    if model_name == "small_htdemucs":
+        with _seeded(0):
+            model = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=8, depth=4, t_layers=1,
+                             samplerate=44100, segment=Fraction(39, 5)).eval()
+    else:
+        model = load_demucs("demucs_unittest")
+    rng = np.random.default_rng(0)
+    audio = Audio((0.1 * rng.standard_normal((2, 44100 * 20))).astype(np.float32))
+    stock = Separator(SeparationConfig(model="demucs_unittest", device="cpu"), model=model).separate(audio)
+    fractions = []
+    batched = Separator(SeparationConfig(model="demucs_unittest", device="cpu", batch_chunks=3),
+                        model=model).separate(audio, progress=fractions.append)
+    for name in stock:
+        reference = stock[name].samples
+        error = np.linalg.norm(batched[name].samples - reference) / max(np.linalg.norm(reference), 1e-12)
+        assert error < 1e-5, (name, error)
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)

@@ -1,0 +1,184 @@
+"""The GPU check (run through bench/gpu_check.sh on a lent GPU machine); prints one table.
+
+1. Demucs: full-size HTDemucs (RANDOM weights: the real model's compute) on 120 s of audio:
+   stock ``apply_model`` fp32 against our Separator in fp32 / fp16, one chunk per forward
+   pass and batched chunks; real-time factor, speed-up, relative error against stock fp32.
+2. Basic Pitch's ONNX model: windows per second with the CUDA and the CPU execution
+   provider (whichever this onnxruntime has), as seconds of audio per second.
+3. Packing: N processes, each holding its own full-size Demucs on the one GPU (fp16,
+   batched chunks), separating songs of 60 s: songs/hour in total and the GPU's busy share
+   (NVML). This is what N Ray actors at 1/N GPU do on the card.
+Sized to finish in a few minutes on an H200; every figure says what it measured.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROWS: list[tuple[str, str, str]] = []
+
+
+def row(what: str, figure: str, note: str = "") -> None:
+    ROWS.append((what, figure, note))
+    print(f"{what:<46} {figure:<22} {note}", flush=True)
+
+
+def synthetic_song(seconds: float, seed: int = 0) -> np.ndarray:
+    """Stereo 44.1 kHz test signal (speed only: the model's weights are random anyway)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 44100)) / 44100
+    tones = sum(np.sin(2 * np.pi * f * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t + f)) for f in (110, 220, 331, 440))
+    mix = 0.1 * tones + 0.01 * rng.standard_normal(t.shape)
+    return np.stack([mix, np.roll(mix, 100)]).astype(np.float32)
+
+
+def timed(call, repeat: int = 2):
+    call()  # warm-up: cuDNN autotuning, allocator growth
+    runs = []
+    out = None
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        out = call()
+        torch.cuda.synchronize()
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs), out
+
+
+def demucs_section(seconds: float = 120.0) -> None:
+    from demucs.apply import apply_model
+
+    from rescored_ray.config import SeparationConfig
+    from rescored_ray.separation import Separator, random_htdemucs
+    from rescored_ray.types import Audio
+
+    device = torch.device("cuda")
+    model = random_htdemucs().to(device)
+    audio = Audio(synthetic_song(seconds))
+    mix = torch.from_numpy(audio.samples)
+    ref = mix.mean(0)
+    normalised = ((mix - ref.mean()) / ref.std())[None].to(device)
+
+    def stock():
+        with torch.no_grad():
+            return apply_model(model, normalised, shifts=0, split=True, overlap=0.25, device=device).float().cpu()
+
+    stock_s, stock_out = timed(stock)
+    stock_out = stock_out[0] * ref.std() + ref.mean()
+    row("Demucs stock apply_model fp32", f"{seconds / stock_s:.1f}x real time", f"{stock_s:.2f} s for {seconds:.0f} s")
+    for precision, chunks in (("fp32", 1), ("fp16", 1), ("fp16", 8), ("fp16", 16), ("fp32", 16)):
+        separator = Separator(SeparationConfig(model="random:htdemucs", device="cuda", precision=precision,
+                                               batch_chunks=chunks), model=model)
+        ours_s, stems = timed(lambda: separator.separate(audio))
+        ours = torch.from_numpy(np.stack([stems[name].samples for name in separator.sources]))
+        error = float(torch.linalg.vector_norm(ours - stock_out) / torch.linalg.vector_norm(stock_out))
+        row(f"Demucs ours {precision}, {chunks} chunk(s)/pass", f"{seconds / ours_s:.1f}x real time",
+            f"{stock_s / ours_s:.2f}x stock, rel. error {error:.1e}")
+    del model
+    torch.cuda.empty_cache()
+
+
+def basic_pitch_section(model_path: Path, windows: int = 512) -> None:
+    import onnxruntime as ort
+
+    from rescored_ray.transcription import AUDIO_N_SAMPLES, HOP_SIZE, INPUT_NAME, MODEL_SAMPLE_RATE, OUTPUT_NAMES
+
+    available = ort.get_available_providers()
+    batch = np.random.default_rng(0).standard_normal((16, AUDIO_N_SAMPLES, 1)).astype(np.float32) * 0.1
+    audio_per_window = HOP_SIZE / MODEL_SAMPLE_RATE
+    for provider in ("CUDAExecutionProvider", "CPUExecutionProvider"):
+        if provider not in available:
+            row(f"Basic Pitch ONNX {provider[:-17]}", "not available", f"onnxruntime {ort.__version__}: {available}")
+            continue
+        session = ort.InferenceSession(str(model_path), providers=[provider])
+        session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        started = time.perf_counter()
+        for _ in range(windows // len(batch)):
+            session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        elapsed = time.perf_counter() - started
+        row(f"Basic Pitch ONNX {provider[:-17]}, 16 windows/call",
+            f"{windows * audio_per_window / elapsed:.0f}x real time", f"{windows / elapsed:.0f} windows/s")
+
+
+def _packer(index: int, songs: int, seconds: float, ready, start, done) -> None:
+    from rescored_ray.config import SeparationConfig
+    from rescored_ray.separation import Separator, random_htdemucs
+    from rescored_ray.types import Audio
+
+    separator = Separator(SeparationConfig(model="random:htdemucs", device="cuda", precision="fp16", batch_chunks=8),
+                          model=random_htdemucs())
+    audio = Audio(synthetic_song(seconds, seed=index))
+    separator.separate(Audio(audio.samples[:, : 44100 * 10]))  # warm-up
+    ready.put(index)
+    start.wait()
+    for _ in range(songs):
+        separator.separate(audio)
+    done.put(index)
+
+
+def packing_section(counts=(1, 2, 4), songs_each: int = 4, seconds: float = 60.0) -> None:
+    import pynvml
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    context = mp.get_context("spawn")
+    for count in counts:
+        ready, done, start = context.Queue(), context.Queue(), context.Event()
+        workers = [context.Process(target=_packer, args=(i, songs_each, seconds, ready, start, done))
+                   for i in range(count)]
+        for worker in workers:
+            worker.start()
+        for _ in workers:
+            ready.get(timeout=300)
+        busy: list[int] = []
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                busy.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        started = time.perf_counter()
+        sampler.start()
+        start.set()
+        for _ in workers:
+            done.get(timeout=600)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        sampler.join()
+        for worker in workers:
+            worker.join(timeout=60)
+        total = count * songs_each
+        row(f"Packing: {count} Demucs process(es) on 1 GPU", f"{total / elapsed * 3600:.0f} songs/hour",
+            f"{seconds:.0f} s songs, GPU busy {statistics.mean(busy):.0f} % (NVML)")
+
+
+def main() -> None:
+    if not torch.cuda.is_available():
+        sys.exit("no CUDA device: run this on the lent GPU machine (bench/gpu_check.sh)")
+    print(f"# {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
+          f"Demucs has RANDOM weights (real compute)", flush=True)
+    model_path = Path(os.environ.get("BASIC_PITCH_ONNX", ".gpu/nmp.onnx"))
+    for section in (demucs_section, lambda: basic_pitch_section(model_path), packing_section):
+        try:
+            section()
+        except Exception as exc:  # one broken section must not cost the others' figures
+            row(f"section {getattr(section, '__name__', 'basic_pitch_section')} failed", type(exc).__name__, str(exc)[:120])
+    print("\n" + "=" * 100)
+    print(f"{'measurement':<46} {'figure':<22} note")
+    for what, figure, note in ROWS:
+        print(f"{what:<46} {figure:<22} {note}")
+
+
+if __name__ == "__main__":
+    main()

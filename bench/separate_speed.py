@@ -1,0 +1,99 @@
+"""Our Separator against stock Demucs on the same full-size model and audio.
+
+    .venv/bin/python bench/separate_speed.py [AUDIO] [--seconds 30] [--repeat 3] [--device cpu|cuda]
+
+Baseline: ``demucs.apply.apply_model(model, mix, shifts=0, split=True, overlap=0.25)`` under
+``torch.no_grad`` (what ``demucs.separate`` does: one 7.8 s chunk per forward pass, fp32).
+Ours: :class:`rescored_ray.separation.Separator` in fp32 (must equal stock within 1e-4) and
+in reduced precision (bf16 on CPU, fp16 on CUDA), each with one chunk per forward pass and
+with ``--batch-chunks`` chunks per pass; the error against stock fp32 is measured:
+relative error = ||ours - fp32|| / ||fp32|| over all stems. Each configuration gets one
+warm-up call, then the median of ``--repeat`` runs; ratios against the stock run of the same process. The model is a full-size HTDemucs with
+RANDOM weights (no weights can be downloaded here): the real model's compute, noise stems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rescored_ray.config import SeparationConfig
+from rescored_ray.decode import decode_audio
+from rescored_ray.separation import Separator, random_htdemucs
+from rescored_ray.types import Audio
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(call, repeat: int):
+    call()  # warm-up: first-call allocations and kernel selection are not what a worker pays per song
+    runs, out = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        out = call()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("audio", nargs="?", default=str(REPO / "examples" / "chorale.mp3"))
+    parser.add_argument("--seconds", type=float, default=30.0, help="audio length (the file is looped/cut to it)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-chunks", type=int, default=8, help="chunks per forward pass for the batched rows")
+    args = parser.parse_args()
+
+    from demucs.apply import apply_model
+
+    decoded = decode_audio(args.audio)
+    frames = int(args.seconds * decoded.sample_rate)
+    samples = np.tile(decoded.samples, (1, int(np.ceil(frames / decoded.frames))))[:, :frames]
+    audio = Audio(np.ascontiguousarray(samples), decoded.sample_rate)
+    device = torch.device(args.device)
+    model = random_htdemucs().to(device)
+
+    mix = torch.from_numpy(audio.samples)
+    reference = mix.mean(0)
+    normalised = ((mix - reference.mean()) / reference.std())[None].to(device)
+
+    def stock():
+        with torch.no_grad():
+            return apply_model(model, normalised, shifts=0, split=True, overlap=0.25, device=device).float().cpu()
+
+    stock_s, stock_out = timed(stock, args.repeat)
+    stock_out = stock_out[0] * reference.std() + reference.mean()
+
+    reduced = "fp16" if device.type == "cuda" else "bf16"
+    rows = [("stock apply_model fp32", stock_s, None)]
+    for precision, chunks in (("fp32", 1), ("fp32", args.batch_chunks), (reduced, 1), (reduced, args.batch_chunks)):
+        separator = Separator(SeparationConfig(model="random:htdemucs", device=args.device, precision=precision,
+                                               batch_chunks=chunks), model=model)
+        seconds, stems = timed(lambda: separator.separate(audio), args.repeat)
+        ours = torch.from_numpy(np.stack([stems[name].samples for name in separator.sources]))
+        error = float(torch.linalg.vector_norm(ours - stock_out) / torch.linalg.vector_norm(stock_out))
+        rows.append((f"ours {precision}, {chunks} chunk{'s' if chunks > 1 else ''}/pass", seconds, error))
+
+    print(f"# {args.seconds:.0f} s of audio, device {device}, {torch.get_num_threads()} torch threads, "
+          f"median of {args.repeat}; full-size HTDemucs with RANDOM weights (real compute)")
+    print(f"{'run':<26}{'seconds':>9}{'x real time':>13}{'vs stock':>10}{'rel. error vs stock fp32':>27}")
+    for name, seconds, error in rows:
+        print(f"{name:<26}{seconds:>9.2f}{args.seconds / seconds:>13.2f}{stock_s / seconds:>9.2f}x"
+              f"{'' if error is None else f'{error:.2e}':>27}")
+    fp32_error = max(rows[1][2], rows[2][2])
+    reduced_error = max(rows[3][2], rows[4][2])
+    best = min(rows[1:], key=lambda row: row[1])
+    print(f"fp32 (both) equal to stock within 1e-4: {'yes' if fp32_error < 1e-4 else 'NO'} ({fp32_error:.1e}); "
+          f"{reduced} error bound 1e-2: {'within' if reduced_error < 1e-2 else 'EXCEEDED'} ({reduced_error:.1e}); "
+          f"fastest: {best[0]} at {stock_s / best[1]:.2f}x stock")
+
+
+if __name__ == "__main__":
+    main()

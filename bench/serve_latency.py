@@ -1,0 +1,113 @@
+"""Serve submission latency under concurrency, and orchestration overhead per job.
+
+    .venv/bin/python bench/serve_latency.py [--levels 1,16,64] [--requests 320] [--jobs 8]
+
+Starts a local service (separation off, one worker slot, loopback allowed). Latency: each
+level runs ``--requests`` POST /api/v1/transcribe calls from that many concurrent clients
+(distinct URLs, so no deduplication; they point at a loopback 404, so queued jobs fail fast
+and the queue drains); p50/p99 of the HTTP round trip. Overhead: ``--jobs`` real jobs
+(examples/chorale.mp3 over loopback) one after another; submit-to-complete wall time minus
+the pipeline's own stage timings (download .. outputs) is what Ray, Serve, the ledger and
+the WebSocket add per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def submissions(base: str, files_url: str, clients: int, total: int, tag: str) -> list[float]:
+    latencies: list[float] = []
+    counter = iter(range(total))
+
+    async def one_client(http: httpx.AsyncClient) -> None:
+        for index in counter:
+            body = {"url": f"{files_url}/missing-{tag}-{index}.mp3", "options": {"separation": "none", "stems": ["mix"]}}
+            started = time.perf_counter()
+            response = await http.post("/api/v1/transcribe", json=body)
+            latencies.append(time.perf_counter() - started)
+            assert response.status_code in (201, 429), response.text
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
+        await asyncio.gather(*(one_client(http) for _ in range(clients)))
+    return latencies
+
+
+def wait_idle(base: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base, timeout=30) as http:
+        while time.monotonic() < deadline:
+            queue = http.get("/api/v1/queue").json()
+            if queue["running"] == 0 and not any(queue["queued"].values()):
+                return
+            time.sleep(0.5)
+    raise TimeoutError("queue did not drain")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="1,16,64")
+    parser.add_argument("--requests", type=int, default=320, help="submissions per level")
+    parser.add_argument("--jobs", type=int, default=8)
+    args = parser.parse_args()
+
+    from rescored_ray.client import Client
+    from rescored_ray.service.config import load_service_config
+    from rescored_ray.service.runner import serve_folder, start_service, stop_service
+
+    with tempfile.TemporaryDirectory(prefix="rescored_latency_") as tmp:
+        config = load_service_config(env={}, overrides={
+            "data_dir": tmp, "worker_slots": 1, "security": {"allow_private_networks": True},
+            "pipeline": {"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}, "write_preview": False},
+        })
+        files, files_url = serve_folder(REPO / "examples")
+        try:
+            base = start_service(config, port=free_port(), dashboard=False)
+            rows = []
+            for level in [int(x) for x in args.levels.split(",")]:
+                latencies = asyncio.run(submissions(base, files_url, level, args.requests, f"c{level}"))
+                latencies.sort()
+                p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+                rows.append((level, len(latencies), statistics.median(latencies), p99))
+                wait_idle(base)
+            overheads = []
+            with Client(base) as client:
+                for index in range(args.jobs):
+                    started = time.perf_counter()
+                    job = client.submit(f"{files_url}/chorale.mp3?run={index}", separation="none", stems=["mix"])
+                    view = job.wait(progress=False)
+                    wall = time.perf_counter() - started
+                    compute = sum((view["result"] or {}).get("timings", {}).values())
+                    overheads.append((wall, compute, wall - compute))
+        finally:
+            files.shutdown()
+            stop_service()
+
+    print(f"\n{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for level, count, p50, p99 in rows:
+        print(f"{level:>8}{count:>10}{1000 * p50:>9.1f}{1000 * p99:>9.1f}")
+    walls, computes, extra = zip(*overheads)
+    print(f"orchestration overhead per job (median of {len(overheads)}): submit-to-complete "
+          f"{statistics.median(walls):.3f} s - pipeline compute {statistics.median(computes):.3f} s = "
+          f"{1000 * statistics.median(extra):.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
