@@ -55,35 +55,18 @@ def timed(call, repeat: int = 2):
 
 
 def demucs_section(seconds: float = 120.0) -> None:
-    from demucs.apply import apply_model
+    from separate_speed import compare  # bench/ is on sys.path: this script's own folder
 
-    from rescored_ray.config import SeparationConfig
-    from rescored_ray.separation import Separator, random_htdemucs
+    from rescored_ray.separation import random_htdemucs
     from rescored_ray.types import Audio
 
     device = torch.device("cuda")
-    model = random_htdemucs().to(device)
-    audio = Audio(synthetic_song(seconds))
-    mix = torch.from_numpy(audio.samples)
-    ref = mix.mean(0)
-    normalised = ((mix - ref.mean()) / ref.std())[None].to(device)
-
-    def stock():
-        with torch.no_grad():
-            return apply_model(model, normalised, shifts=0, split=True, overlap=0.25, device=device).float().cpu()
-
-    stock_s, stock_out = timed(stock)
-    stock_out = stock_out[0] * ref.std() + ref.mean()
+    variants = [("fp32", 1), ("fp16", 1), ("fp16", 8), ("fp16", 16), ("fp32", 16)]
+    rows = compare(random_htdemucs().to(device), Audio(synthetic_song(seconds)), device, variants, timed)
+    stock_s = rows[0][1]
     row("Demucs stock apply_model fp32", f"{seconds / stock_s:.1f}x real time", f"{stock_s:.2f} s for {seconds:.0f} s")
-    for precision, chunks in (("fp32", 1), ("fp16", 1), ("fp16", 8), ("fp16", 16), ("fp32", 16)):
-        separator = Separator(SeparationConfig(model="random:htdemucs", device="cuda", precision=precision,
-                                               batch_chunks=chunks), model=model)
-        ours_s, stems = timed(lambda: separator.separate(audio))
-        ours = torch.from_numpy(np.stack([stems[name].samples for name in separator.sources]))
-        error = float(torch.linalg.vector_norm(ours - stock_out) / torch.linalg.vector_norm(stock_out))
-        row(f"Demucs ours {precision}, {chunks} chunk(s)/pass", f"{seconds / ours_s:.1f}x real time",
-            f"{stock_s / ours_s:.2f}x stock, rel. error {error:.1e}")
-    del model
+    for name, ours_s, error in rows[1:]:
+        row(f"Demucs {name}", f"{seconds / ours_s:.1f}x real time", f"{stock_s / ours_s:.2f}x stock, rel. error {error:.1e}")
     torch.cuda.empty_cache()
 
 

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from rescored_ray.config import SeparationConfig
-from rescored_ray.decode import decode_audio
 from rescored_ray.separation import Separator, random_htdemucs
 from rescored_ray.types import Audio
 
@@ -42,23 +41,11 @@ def timed(call, repeat: int):
     return statistics.median(runs), out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("audio", nargs="?", default=str(REPO / "examples" / "chorale.mp3"))
-    parser.add_argument("--seconds", type=float, default=30.0, help="audio length (the file is looped/cut to it)")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-chunks", type=int, default=8, help="chunks per forward pass for the batched rows")
-    args = parser.parse_args()
-
+def compare(model, audio: Audio, device: torch.device, variants, timer) -> list[tuple[str, float, float | None]]:
+    """Stock ``apply_model`` fp32, then our Separator for each ``(precision, batch_chunks)``:
+    rows of (name, seconds, relative error against stock). ``timer(call)`` -> (seconds, result).
+    Shared with bench/gpu_check.py."""
     from demucs.apply import apply_model
-
-    decoded = decode_audio(args.audio)
-    frames = int(args.seconds * decoded.sample_rate)
-    samples = np.tile(decoded.samples, (1, int(np.ceil(frames / decoded.frames))))[:, :frames]
-    audio = Audio(np.ascontiguousarray(samples), decoded.sample_rate)
-    device = torch.device(args.device)
-    model = random_htdemucs().to(device)
 
     mix = torch.from_numpy(audio.samples)
     reference = mix.mean(0)
@@ -68,18 +55,39 @@ def main() -> None:
         with torch.no_grad():
             return apply_model(model, normalised, shifts=0, split=True, overlap=0.25, device=device).float().cpu()
 
-    stock_s, stock_out = timed(stock, args.repeat)
+    stock_s, stock_out = timer(stock)
     stock_out = stock_out[0] * reference.std() + reference.mean()
-
-    reduced = "fp16" if device.type == "cuda" else "bf16"
-    rows = [("stock apply_model fp32", stock_s, None)]
-    for precision, chunks in (("fp32", 1), ("fp32", args.batch_chunks), (reduced, 1), (reduced, args.batch_chunks)):
-        separator = Separator(SeparationConfig(model="random:htdemucs", device=args.device, precision=precision,
+    rows: list[tuple[str, float, float | None]] = [("stock apply_model fp32", stock_s, None)]
+    for precision, chunks in variants:
+        separator = Separator(SeparationConfig(model="random:htdemucs", device=device.type, precision=precision,
                                                batch_chunks=chunks), model=model)
-        seconds, stems = timed(lambda: separator.separate(audio), args.repeat)
+        seconds, stems = timer(lambda: separator.separate(audio))
         ours = torch.from_numpy(np.stack([stems[name].samples for name in separator.sources]))
         error = float(torch.linalg.vector_norm(ours - stock_out) / torch.linalg.vector_norm(stock_out))
         rows.append((f"ours {precision}, {chunks} chunk{'s' if chunks > 1 else ''}/pass", seconds, error))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("audio", nargs="?", default=str(REPO / "examples" / "chorale.mp3"))
+    parser.add_argument("--seconds", type=float, default=30.0, help="audio length (the file is looped/cut to it)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-chunks", type=int, default=8, help="chunks per forward pass for the batched rows")
+    args = parser.parse_args()
+
+    from rescored_ray.decode import decode_audio
+
+    decoded = decode_audio(args.audio)
+    frames = int(args.seconds * decoded.sample_rate)
+    samples = np.tile(decoded.samples, (1, int(np.ceil(frames / decoded.frames))))[:, :frames]
+    audio = Audio(np.ascontiguousarray(samples), decoded.sample_rate)
+    device = torch.device(args.device)
+    reduced = "fp16" if device.type == "cuda" else "bf16"
+    variants = [("fp32", 1), ("fp32", args.batch_chunks), (reduced, 1), (reduced, args.batch_chunks)]
+    rows = compare(random_htdemucs().to(device), audio, device, variants, lambda call: timed(call, args.repeat))
+    stock_s = rows[0][1]
 
     print(f"# {args.seconds:.0f} s of audio, device {device}, {torch.get_num_threads()} torch threads, "
           f"median of {args.repeat}; full-size HTDemucs with RANDOM weights (real compute)")

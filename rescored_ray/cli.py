@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rescored_ray.config import load_config
+from rescored_ray.config import load_config, options_to_overrides
 from rescored_ray.errors import PipelineError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Recorded music to sheet music.")
@@ -44,15 +44,7 @@ def transcribe(
     """Transcribe one recording into MusicXML + MIDI (+ stems)."""
     from rescored_ray.pipeline import Pipeline
 
-    overrides: dict = {}
-    if separation is not None:
-        overrides.setdefault("separation", {})["model"] = separation
-    if stems is not None:
-        overrides.setdefault("transcription", {})["stems"] = stems
-    if tempo is not None:
-        overrides.setdefault("notation", {})["tempo_override"] = tempo
-    if key is not None:
-        overrides.setdefault("notation", {})["key_override"] = key
+    overrides = options_to_overrides({"separation": separation, "stems": stems, "tempo": tempo, "key": key})
     try:
         cfg = load_config(config, overrides=overrides)
     except Exception as exc:
@@ -125,11 +117,7 @@ def batch(
     from rescored_ray.batch import load_batch_config, run_batch
     from rescored_ray.batch.runner import connect
 
-    overrides: dict = {}
-    if separation is not None:
-        overrides.setdefault("pipeline", {}).setdefault("separation", {})["model"] = separation
-    if stems is not None:
-        overrides.setdefault("pipeline", {}).setdefault("transcription", {})["stems"] = stems
+    overrides = {"pipeline": options_to_overrides({"separation": separation, "stems": stems})}
     try:
         cfg = load_batch_config(config, overrides=overrides)
     except Exception as exc:
@@ -260,7 +248,6 @@ def demo(
     port: int = typer.Option(8000, "--port"),
 ) -> None:
     """Start the service, submit the bundled example over HTTP, follow it live, save the score."""
-    from rescored_ray.config import load_config
     from rescored_ray.service.config import load_service_config
     from rescored_ray.service.runner import run_demo
 

@@ -155,6 +155,43 @@ def _env_path(name: str, model: type[BaseModel]) -> list[str] | None:
     return None
 
 
+JOB_OPTIONS = {
+    "separation": ("separation", "model"),
+    "stems": ("transcription", "stems"),
+    "tempo_override": ("notation", "tempo_override"),
+    "key_override": ("notation", "key_override"),
+    "tempo": ("notation", "tempo_override"),
+    "key": ("notation", "key_override"),
+}
+"""Per-job options (SDK keywords, CLI flags, the service's ``options``) and the field each sets."""
+
+
+def options_to_overrides(options: Mapping[str, Any]) -> dict:
+    """Job options as nested config overrides; unset (None/empty) options change nothing."""
+    overrides: dict = {}
+    for name, value in options.items():
+        if name not in JOB_OPTIONS:
+            raise TypeError(f"unknown option {name!r}; expected one of {', '.join(sorted(JOB_OPTIONS))}")
+        if value is None or value == "" or value == []:
+            continue
+        section, field = JOB_OPTIONS[name]
+        overrides.setdefault(section, {})[field] = value
+    return overrides
+
+
+def with_options(base: PipelineConfig, options: Mapping[str, Any]) -> PipelineConfig:
+    """``base`` with one job's options applied."""
+    return PipelineConfig.model_validate(_deep_merge(base.model_dump(), options_to_overrides(options)))
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """A YAML file whose top level must be a mapping (an empty file is an empty one)."""
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return loaded
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -163,11 +200,8 @@ def load_config(
     """Defaults, then the YAML file, then environment variables, then ``overrides``."""
     data: dict = {}
     if path is not None:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        data = loaded.get("pipeline", loaded) if "pipeline" in loaded else loaded
+        loaded = read_yaml_mapping(path)
+        data = loaded.get("pipeline", loaded)
     data = _deep_merge(data, env_overrides(os.environ if env is None else env))
     if overrides:
         data = _deep_merge(data, overrides)

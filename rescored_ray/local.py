@@ -11,29 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rescored_ray.config import PipelineConfig, _deep_merge, load_config
+from rescored_ray.config import PipelineConfig, load_config, options_to_overrides, with_options
 from rescored_ray.score import Score
-
-OPTION_PATHS = {
-    "separation": ("separation", "model"),
-    "stems": ("transcription", "stems"),
-    "tempo": ("notation", "tempo_override"),
-    "tempo_override": ("notation", "tempo_override"),
-    "key": ("notation", "key_override"),
-    "key_override": ("notation", "key_override"),
-}
-
-
-def options_to_overrides(options: dict[str, Any]) -> dict:
-    """SDK keyword options (``separation``, ``stems``, ``tempo``, ``key``) as config overrides."""
-    overrides: dict = {}
-    for name, value in options.items():
-        if name not in OPTION_PATHS:
-            raise TypeError(f"unknown option {name!r}; expected one of {', '.join(sorted(OPTION_PATHS))}")
-        section, field = OPTION_PATHS[name]
-        overrides.setdefault(section, {})[field] = value
-    return overrides
-
 
 def transcribe(source: str, output_dir: str | Path | None = None, *, config: str | Path | PipelineConfig | None = None,
                progress: bool = True, use_ray: bool | None = None, **options: Any) -> Score:
@@ -43,7 +22,7 @@ def transcribe(source: str, output_dir: str | Path | None = None, *, config: str
     whether Ray is initialised. Raises :class:`~rescored_ray.errors.PipelineError`.
     """
     if isinstance(config, PipelineConfig):
-        cfg = PipelineConfig.model_validate(_deep_merge(config.model_dump(), options_to_overrides(options)))
+        cfg = with_options(config, options)
     else:
         cfg = load_config(config, overrides=options_to_overrides(options))
     if use_ray is None:

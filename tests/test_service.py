@@ -11,7 +11,6 @@ import time
 import httpx
 import music21
 import pytest
-import soundfile
 from websockets.sync.client import connect as ws_connect
 
 from tests.service_app import deploy

@@ -8,30 +8,26 @@ The pipeline's own settings sit under ``pipeline:`` (the same
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from rescored_ray.config import PipelineConfig, _deep_merge, env_overrides, gpu_share
+from rescored_ray.config import PipelineConfig, _deep_merge, env_overrides, gpu_share, read_yaml_mapping
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TaskStage(BaseModel):
+class TaskStage(_Section):
     """A stateless CPU stage run as Ray tasks."""
 
-    model_config = ConfigDict(extra="forbid")
     num_cpus: float = Field(1.0, gt=0)
     concurrency: int = Field(2, ge=1, description="Tasks in flight at most (bounds load on a site or a disk).")
 
 
-class ActorStage(BaseModel):
+class ActorStage(_Section):
     """A model stage run by a pool of actors that load the model once."""
 
-    model_config = ConfigDict(extra="forbid")
     num_gpus: float | None = Field(None, ge=0, le=1, description="GPU share per actor; null = default on GPU clusters, 0 on CPU.")
     num_cpus: float = Field(1.0, gt=0)
     min_actors: int = Field(1, ge=1)
@@ -66,12 +62,7 @@ def load_batch_config(
     env: Mapping[str, str] | None = None,
 ) -> BatchConfig:
     """Defaults, then the YAML file, then ``RESCORED_*`` environment variables, then ``overrides``."""
-    data: dict = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        data = loaded
+    data = read_yaml_mapping(path) if path is not None else {}
     data = _deep_merge(data, {"pipeline": env_overrides(os.environ if env is None else env)})
     if overrides:
         data = _deep_merge(data, overrides)

@@ -144,7 +144,7 @@ def build_dataset(entries: list[BatchEntry], config: BatchConfig, output_uri: st
         context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
             object_store_memory=config.object_store_memory)
     gpus_available = ray.cluster_resources().get("GPU", 0) > 0
-    settings = config.model_dump(mode="json")
+    settings = config.model_dump_json()  # one string for every task and actor (they parse it once per process)
 
     # one entry per block: entries stream one by one, and a long playlist never sits in memory as audio
     dataset = ray.data.from_items([entry.to_row() for entry in entries], override_num_blocks=len(entries))

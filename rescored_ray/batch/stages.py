@@ -14,16 +14,16 @@ backoff. The stages:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from rescored_ray.batch.config import BatchConfig
-from rescored_ray.batch.manifest import COMPLETED, FAILED, STAGE_SECONDS
+from rescored_ray.batch.manifest import COLUMNS, COMPLETED, FAILED, STAGE_SECONDS
 from rescored_ray.errors import PipelineError
 from rescored_ray.pipeline import Pipeline, publish
 from rescored_ray.retry import call_with_retries
@@ -38,8 +38,11 @@ NO_STEMS = np.zeros((0, 2, 0), dtype=np.float32)
 NOTE_FIELDS = ("note_start", "note_end", "note_pitch", "note_velocity", "note_amplitude", "note_stem_index")
 
 
-def _config(config: BatchConfig | dict) -> BatchConfig:
-    return config if isinstance(config, BatchConfig) else BatchConfig.model_validate(config)
+@functools.lru_cache(maxsize=4)
+def _task_context(settings: str, output_uri: str | None = None) -> tuple[BatchConfig, Pipeline, ResultStore | None]:
+    """Config, pipeline and store of a CPU task, built once per worker process, not once per row."""
+    config = BatchConfig.model_validate_json(settings)
+    return config, Pipeline(config.pipeline), ResultStore(output_uri) if output_uri else None
 
 
 def _retrying(cfg: BatchConfig, row: dict, call: Callable[[], Any]) -> Any:
@@ -68,10 +71,9 @@ def _worker_label() -> str:
 
 # -- CPU: download + decode ---------------------------------------------------------------------
 
-def acquire_audio(row: dict, config: dict) -> dict:
+def acquire_audio(row: dict, config: str) -> dict:
     """Download and decode one entry; the audio goes into the row."""
-    cfg = _config(config)
-    pipeline = Pipeline(cfg.pipeline)
+    cfg, pipeline, _ = _task_context(config)
     # Every column a later stage fills exists from here on, with a value of its final type
     # ("" rather than None: a batch whose strings are all None becomes a float column, and
     # blocks of failed and running rows would then disagree about their schema).
@@ -104,8 +106,8 @@ class _ModelStage:
     with the loader's own message (see ``runner``) instead of Ray's traceback.
     """
 
-    def __init__(self, config: dict):
-        self.cfg = _config(config)
+    def __init__(self, config: str):
+        self.cfg = BatchConfig.model_validate_json(config)
         self.pipeline = Pipeline(self.cfg.pipeline)
         self.worker = _worker_label()
         self.init_error: PipelineError | None = None
@@ -170,12 +172,10 @@ class TranscribeStems(_ModelStage):
 
 # -- CPU: notation and outputs ------------------------------------------------------------------
 
-def write_score(row: dict, config: dict, output_uri: str, run_id: str) -> dict:
+def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
     """Notate one entry, write its files to the output store; returns its manifest row."""
-    cfg = _config(config)
     if row["status"] == RUNNING:
-        pipeline = Pipeline(cfg.pipeline)
-        store = ResultStore(output_uri)
+        cfg, pipeline, store = _task_context(config, output_uri)
         timings: dict[str, float] = {}
         audio = Audio(np.asarray(row["audio"], dtype=np.float32), SAMPLE_RATE)
         stems = stems_of(row)
@@ -209,8 +209,6 @@ def write_score(row: dict, config: dict, output_uri: str, run_id: str) -> dict:
 
 def manifest_row(row: dict, run_id: str) -> dict:
     """The light part of a row: what the manifest records (no audio, no notes)."""
-    from rescored_ray.batch.manifest import COLUMNS
-
     out = {name: _plain(row.get(name)) for name in COLUMNS if name in row}
     for name in ("title", "error", "stage", "separation_worker", "transcription_worker"):
         out[name] = out.get(name) or None

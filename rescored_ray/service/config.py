@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from rescored_ray.config import PipelineConfig, _deep_merge, env_overrides, gpu_share
+from rescored_ray.config import PipelineConfig, _deep_merge, env_overrides, gpu_share, read_yaml_mapping
 
 
 class _Section(BaseModel):
@@ -118,7 +118,7 @@ def load_service_config(
     env = os.environ if env is None else env
     data: dict = service_section(document) if document is not None else {}
     if path is not None:
-        data = service_section(yaml.safe_load(Path(path).read_text()) or {})
+        data = service_section(read_yaml_mapping(path))
     from_env: dict = {"pipeline": env_overrides(env)}
     for name, field_path in SERVICE_ENV.items():
         if name in env:

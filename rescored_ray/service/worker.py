@@ -22,7 +22,7 @@ import uuid
 
 from ray import serve
 
-from rescored_ray.config import PipelineConfig
+from rescored_ray.config import with_options
 from rescored_ray.errors import NonRetryableError, PipelineError, RetryableError
 from rescored_ray.pipeline import Pipeline, publish
 from rescored_ray.service.config import ServiceConfig
@@ -42,22 +42,6 @@ class JobCancelled(PipelineError):
 
 class LeaseLost(RetryableError):
     """Our lease expired (we were too slow to heartbeat); another worker owns the job now."""
-
-
-def job_pipeline_config(base: PipelineConfig, options: dict) -> PipelineConfig:
-    """The service's pipeline config with one job's options applied."""
-    update: dict = {}
-    if options.get("separation"):
-        update.setdefault("separation", {})["model"] = options["separation"]
-    if options.get("stems"):
-        update.setdefault("transcription", {})["stems"] = options["stems"]
-    for key in ("tempo_override", "key_override"):
-        if options.get(key) is not None:
-            update.setdefault("notation", {})[key] = options[key]
-    data = base.model_dump()
-    for section, values in update.items():
-        data[section].update(values)
-    return PipelineConfig.model_validate(data)
 
 
 @serve.deployment(name="PipelineWorker", max_ongoing_requests=4, health_check_period_s=2,
@@ -148,7 +132,7 @@ class PipelineWorker:
         beater.start()
         workdir = tempfile.mkdtemp(prefix=f"rescored_out_{job_id[:16]}_", dir=self._temp_parent())
         try:
-            cfg = job_pipeline_config(self.config.pipeline, job.options)
+            cfg = with_options(self.config.pipeline, job.options)
             cfg.source.temp_dir = str(self._temp_parent())
             if cfg.separation.enabled and self.separator is None:
                 raise NonRetryableError("this service deploys no separation model", stage="separation")
