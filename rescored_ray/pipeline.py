@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Callable, Iterator
 from rescored_ray import decode, notation, outputs, source
 from rescored_ray.config import PipelineConfig
 from rescored_ray.errors import NonRetryableError, PipelineError
+from rescored_ray.timeline import Timeline, ran_on
 from rescored_ray.transcription import stems_to_transcribe
 from rescored_ray.types import Audio, Note
 
@@ -64,6 +64,8 @@ class PipelineResult:
     time_offset_s: float = 0.0
     """Audio time of the score's first beat (the quantisation grid's phase)."""
     warnings: list[str] = field(default_factory=list)
+    timeline: list[dict] = field(default_factory=list)
+    """Each stage's wall-clock span and the workers that ran it (see :mod:`rescored_ray.timeline`)."""
     notes: list[Note] = field(default_factory=list, repr=False)
     """The cleaned notes behind the score, in seconds (not written to result.json)."""
 
@@ -129,43 +131,48 @@ class Pipeline:
         progress: ProgressCallback | None = None,
         checkpoint: Checkpoint | None = None,
         job_id: str | None = None,
+        timeline: Timeline | None = None,
     ) -> PipelineResult:
-        """Transcribe ``src`` (URL or local path) into ``output_dir``; raise :class:`PipelineError`."""
+        """Transcribe ``src`` (URL or local path) into ``output_dir``; raise :class:`PipelineError`.
+
+        ``timeline`` (optional) collects the stage spans as they happen, so a caller sees
+        them even when the run fails half-way.
+        """
         job_id = job_id or uuid.uuid4().hex
         report = StageProgress(progress)
         check = checkpoint or (lambda: None)
-        timings: dict[str, float] = {}
+        timeline = Timeline() if timeline is None else timeline
 
         with self.workdir(job_id) as workdir:
-            title, audio = self.acquire(src, workdir, report=report, checkpoint=check, timings=timings)
+            title, audio = self.acquire(src, workdir, report=report, checkpoint=check, timeline=timeline)
             check()
-            stems = self.separate(audio, report=report, checkpoint=check, timings=timings)
+            stems = self.separate(audio, report=report, checkpoint=check, timeline=timeline)
             check()
-            notes = self.transcribe(stems, report=report, timings=timings)
+            notes = self.transcribe(stems, report=report, timeline=timeline)
             check()
             result = self.write(job_id, src, title, audio, stems, notes, Path(output_dir),
-                                report=report, timings=timings)
+                                report=report, timeline=timeline)
         report("musicxml", 1.0, "Transcription complete")
         return result
 
     # -- the stages, each callable on its own (the batch path runs them on different workers)
     def acquire(self, src: str, workdir: Path, *, report: StageProgress | None = None,
                 checkpoint: Checkpoint | None = None,
-                timings: dict[str, float] | None = None) -> tuple[str | None, Audio]:
+                timeline: Timeline | None = None) -> tuple[str | None, Audio]:
         """Validate, download (into ``workdir``) and decode ``src``: ``(title, audio)``."""
         cfg = self.config
         report = report or StageProgress(None)
-        timings = {} if timings is None else timings
+        timeline = Timeline() if timeline is None else timeline
         report("download", 0.0, "Validating source")
-        parsed = _in_stage("source", lambda: source.parse_source(src, cfg.source))
-        with _timed(timings, "download"):
+        with timeline.stage("download"):
+            parsed = _in_stage("source", lambda: source.parse_source(src, cfg.source))
             fetched = _in_stage("download", lambda: source.fetch(
                 parsed, workdir, cfg.source,
                 progress=lambda f: report("download", f, "Downloading audio")))
         if checkpoint is not None:
             checkpoint()
         report("decode", 0.0, "Decoding audio")
-        with _timed(timings, "decode"):
+        with timeline.stage("decode"):
             audio = _in_stage("decode", lambda: decode.decode_audio(
                 fetched.path, max_duration_s=cfg.source.max_duration_s))
         if parsed.is_remote:
@@ -174,25 +181,27 @@ class Pipeline:
         return fetched.title, audio
 
     def separate(self, audio: Audio, *, report: StageProgress | None = None, checkpoint: Checkpoint | None = None,
-                 timings: dict[str, float] | None = None) -> dict[str, Audio]:
+                 timeline: Timeline | None = None) -> dict[str, Audio]:
         """Stems of ``audio`` (``{"mix": audio}`` when separation is off)."""
         report = report or StageProgress(None)
-        timings = {} if timings is None else timings
+        timeline = Timeline() if timeline is None else timeline
         if not self.config.separation.enabled or self.config.transcription.stems == ["mix"]:
             report("separation", 1.0, "Separation off: transcribing the mix")
             return {"mix": audio}
         report("separation", 0.0, f"Separating stems with {self.config.separation.model}")
-        with _timed(timings, "separation"):
-            return _in_stage("separation", lambda: self.separator.separate(
+        with timeline.stage("separation") as span:
+            stems = _in_stage("separation", lambda: self.separator.separate(
                 audio,
                 progress=lambda f: report("separation", f, "Separating stems"),
                 checkpoint=checkpoint))
+            span.workers = ran_on(self.separator)
+        return stems
 
     def transcribe(self, stems: dict[str, Audio], *, report: StageProgress | None = None,
-                   timings: dict[str, float] | None = None) -> dict[str, list[Note]]:
+                   timeline: Timeline | None = None) -> dict[str, list[Note]]:
         """Notes of each wanted pitched stem (the mix when nothing was separated)."""
         report = report or StageProgress(None)
-        timings = {} if timings is None else timings
+        timeline = Timeline() if timeline is None else timeline
         report("transcription", 0.0, "Transcribing notes")
         wanted = self.config.transcription.stems if "mix" not in stems else ["mix"]
         missing = [name for name in wanted if name not in stems]
@@ -202,21 +211,23 @@ class Pipeline:
                 raise NonRetryableError(
                     f"none of the requested stems {wanted} is produced by {self.config.separation.model} "
                     f"(it produces {', '.join(stems)}; drums are never transcribed)", stage="transcription")
-        with _timed(timings, "transcription"):
-            return _in_stage("transcription", lambda: self.transcriber.transcribe_stems(
+        with timeline.stage("transcription") as span:
+            notes = _in_stage("transcription", lambda: self.transcriber.transcribe_stems(
                 stems, wanted,
                 progress=lambda f, name: report("transcription", f, f"Transcribed {name}")))
+            span.workers = ran_on(self.transcriber)
+        return notes
 
     def write(self, job_id: str, src: str, title: str | None, audio: Audio, stems: dict[str, Audio],
               notes: dict[str, list[Note]], output_dir: Path, *, report: StageProgress | None = None,
-              timings: dict[str, float] | None = None) -> PipelineResult:
+              timeline: Timeline | None = None) -> PipelineResult:
         """Notate ``notes`` and write the score, MIDI, stems, preview and result.json."""
         cfg = self.config
         report = report or StageProgress(None)
-        timings = {} if timings is None else timings
+        timeline = Timeline() if timeline is None else timeline
         output_dir = Path(output_dir)
         report("musicxml", 0.0, "Generating MusicXML")
-        with _timed(timings, "notation"):
+        with timeline.stage("notation"):
             notated = _in_stage("notation", lambda: notation.notate(
                 notes, cfg.notation, audio=audio.samples, sample_rate=audio.sample_rate))
             written: dict[str, str] = {}
@@ -231,7 +242,7 @@ class Pipeline:
             written["notes"] = str(outputs.write_notes_csv(output_dir / "notes.csv", cleaned))
         report("musicxml", 0.6, "Writing stems and preview")
         warnings = list(notated.warnings)
-        with _timed(timings, "outputs"):
+        with timeline.stage("outputs"):
             if cfg.write_stems and "mix" not in stems:
                 for name, stem in stems.items():
                     written[f"stem:{name}"] = str(outputs.write_flac(output_dir / "stems" / f"{name}.flac", stem))
@@ -241,7 +252,7 @@ class Pipeline:
                     written["preview"] = str(outputs.write_text(output_dir / "preview.svg", svg))
                 except Exception as exc:  # a preview is a convenience, never a reason to fail the job
                     warnings.append(f"preview not rendered: {exc}")
-        timings = {k: round(v, 4) for k, v in timings.items()}
+        timings = {k: round(v, 4) for k, v in timeline.seconds().items()}
         result = PipelineResult(
             job_id=job_id,
             source=src,
@@ -259,6 +270,7 @@ class Pipeline:
             timings=timings,
             time_offset_s=round(notated.time_offset_s, 4),
             warnings=warnings,
+            timeline=timeline.to_list(),
             notes=cleaned,
         )
         result.outputs["result"] = str(output_dir / "result.json")
@@ -276,15 +288,6 @@ class Pipeline:
             yield workdir
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
 
 
 def _in_stage(stage: str, call):

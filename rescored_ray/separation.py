@@ -119,6 +119,7 @@ class Separator:
         self.device = resolve_device(self.config.device)
         self.model.to(self.device)
         self.cpu_fallbacks = 0
+        self.last_device = str(self.device)
         log.info("loaded Demucs %s on %s in %.1f s", self.config.model, self.device, self.load_seconds)
 
     @property
@@ -176,7 +177,14 @@ class Separator:
             for index, name in enumerate(self.sources)
         }
 
+    @property
+    def ran_on(self) -> list[dict]:
+        """Where the last song was separated (``cpu (fallback)`` after a CUDA OOM); see
+        :func:`rescored_ray.timeline.ran_on`."""
+        return [{"device": self.last_device, "model": self.name}]
+
     def _apply_with_fallback(self, mix, progress, checkpoint) -> torch.Tensor:
+        self.last_device = str(self.device)
         try:
             return self._apply(mix, self.device, progress, checkpoint)
         except torch.cuda.OutOfMemoryError as exc:
@@ -186,6 +194,7 @@ class Separator:
             log.warning("CUDA out of memory separating a %.0f s song (%s); retrying this song on the CPU",
                         mix.shape[-1] / self.sample_rate, exc)
             torch.cuda.empty_cache()
+            self.last_device = "cpu (fallback)"
             return self._apply(mix, torch.device("cpu"), progress, checkpoint)
         except RuntimeError as exc:
             if "out of memory" in str(exc).lower():

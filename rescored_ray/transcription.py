@@ -180,6 +180,11 @@ class Transcriber:
         notes.sort(key=lambda n: (n.start_s, n.pitch))
         return notes
 
+    @property
+    def ran_on(self) -> list[dict]:
+        """The ONNX Runtime provider that runs the model (see :func:`rescored_ray.timeline.ran_on`)."""
+        return [{"device": self.providers[0]}]
+
     def transcribe(self, audio: Audio, stem: str = "mix") -> list[Note]:
         """Notes of one recording or stem, tagged with ``stem``."""
         if audio.frames == 0:

@@ -180,11 +180,13 @@ def ray_cluster():
     Ray Data tasks never starve each other of scheduling slots. One logical GPU lets
     fractional-GPU placement be tested on a CPU machine (nothing here asks CUDA for it:
     Serve tests deploy with ``gpus_available=False``). The dashboard is on for Ray's
-    state API (which actors hold which resources).
+    state API (which actors hold which resources). Metrics are reported every second
+    (Ray's default is 10 s) so the monitoring tests see their series quickly.
     """
     import ray
 
-    ray.init(num_cpus=8, num_gpus=1, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=8, num_gpus=1, include_dashboard=True, log_to_driver=False, configure_logging=False,
+             _system_config={"metrics_report_interval_ms": 1000})
     yield ray
     try:
         from ray import serve

@@ -15,6 +15,7 @@ from rescored_ray.batch import load_batch_config, run_batch
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST, SKIPPED
 from rescored_ray.pipeline import Pipeline
 from rescored_ray.separation import ModelLoadError
+from tests.metrics_scrape import deltas_when_settled, scrape, value
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +38,7 @@ def _config(tmp: Path, **overrides):
             "transcription": {"stems": ["other", "bass", "vocals"]},
         },
     }
-    for key, value in overrides.items():
-        base[key] = value
+    base.update(overrides)
     return load_batch_config(overrides=base, env={})
 
 
@@ -91,6 +91,7 @@ def first_run(ray_cluster, rss_feed_info, flaky_url, tmp_path_factory):
     config = _config(tmp)
     watcher = ActorWatcher()
     watcher.start()
+    metrics_before = scrape()
     try:
         summary = run_batch([rss_feed_info.url, str(url_list)], str(output), config, progress_bars=False)
     finally:
@@ -98,7 +99,27 @@ def first_run(ray_cluster, rss_feed_info, flaky_url, tmp_path_factory):
         watcher.join(10)
     table = pq.read_table(output / MANIFEST)
     return {"summary": summary, "rows": table.to_pylist(), "output": output, "config": config, "tmp": tmp,
-            "watcher": watcher, "url_list": url_list}
+            "watcher": watcher, "url_list": url_list, "metrics_before": metrics_before}
+
+
+def test_batch_metrics_reach_the_metrics_agent(first_run):
+    """Entries by outcome (driver), stage durations (the stage workers), audio processed."""
+    completed = [row for row in first_run["rows"] if row["status"] == COMPLETED]
+    expected = {
+        ("rescored_batch_entries_total", (("status", "completed"),)): 5,
+        ("rescored_batch_entries_total", (("status", "failed"), ("stage", "download"))): 1,
+        ("rescored_stage_seconds_count", (("stage", "separation"), ("path", "batch"), ("ok", "true"))): 5,
+        ("rescored_stage_seconds_count", (("stage", "transcription"), ("path", "batch"), ("ok", "true"))): 5,
+        ("rescored_stage_seconds_count", (("stage", "notation"), ("path", "batch"), ("ok", "true"))): 5,
+        # the 404 entry once (permanent), the flaky copy twice (two 503s, then it works)
+        ("rescored_stage_seconds_count", (("stage", "download"), ("path", "batch"), ("ok", "false"))): 3,
+    }
+    deltas, after = deltas_when_settled(first_run["metrics_before"], expected)
+    assert deltas == expected
+    audio = value(after, "rescored_audio_seconds_total", path="batch") - \
+        value(first_run["metrics_before"], "rescored_audio_seconds_total", path="batch")
+    assert audio == pytest.approx(sum(row["duration_s"] for row in completed), abs=0.01)
+    assert value(after, "rescored_model_load_seconds", model="demucs_unittest") > 0
 
 
 def test_manifest_has_every_entry_with_the_right_status(first_run, rss_feed_info, flaky_url):

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from rescored_ray import metrics
 from rescored_ray.batch.config import BatchConfig
 from rescored_ray.batch.inputs import BatchEntry, InputFailure, expand_inputs, safe_id
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST, SKIPPED, STAGE_SECONDS, Manifest
@@ -84,6 +85,8 @@ def run_batch(
     summary.failed = sum(1 for row in early_rows if row["status"] == FAILED)
     summary.failures = [row for row in early_rows if row["status"] == FAILED]
     manifest.append(early_rows)
+    for row in early_rows:
+        _record_entry(row)
     log.info("batch %s: %d entries, %d already done, %d inputs unreadable", run_id, len(entries),
              len(done), len(input_failures))
 
@@ -104,6 +107,7 @@ def _stream(entries: list[BatchEntry], config: BatchConfig, store: ResultStore, 
             row = dict(row)
             buffer.append(row)
             _count(summary, row)
+            _record_entry(row)
             if len(buffer) >= config.manifest_flush_rows or time.monotonic() - last_flush >= config.manifest_flush_s:
                 manifest.append(buffer)
                 buffer, last_flush = [], time.monotonic()
@@ -178,6 +182,14 @@ def _count(summary: BatchSummary, row: dict) -> None:
     else:
         summary.failed += 1
         summary.failures.append(row)
+
+
+def _record_entry(row: dict) -> None:
+    """Batch metrics, recorded by the driver as rows come back (stage durations are recorded
+    where they ran, by the stages themselves)."""
+    metrics.inc("rescored_batch_entries_total", status=row["status"], stage=row.get("stage") or "")
+    if row["status"] == COMPLETED:
+        metrics.inc("rescored_audio_seconds_total", float(row.get("duration_s") or 0.0), path="batch")
 
 
 def _skipped_row(previous: dict, entry: BatchEntry, run_id: str) -> dict:

@@ -22,12 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from rescored_ray import logs, metrics
 from rescored_ray.batch.config import BatchConfig
 from rescored_ray.batch.manifest import COLUMNS, COMPLETED, FAILED, STAGE_SECONDS
 from rescored_ray.errors import PipelineError
 from rescored_ray.pipeline import Pipeline, publish
 from rescored_ray.retry import call_with_retries
 from rescored_ray.storage import ResultStore
+from rescored_ray.timeline import Timeline
 from rescored_ray.types import SAMPLE_RATE, Audio, Note
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,11 @@ def _fail(row: dict, exc: PipelineError) -> dict:
     return row
 
 
+def _timeline() -> Timeline:
+    """A row's stage timeline; each stage also lands in the ``rescored_stage_seconds`` histogram."""
+    return Timeline([metrics.stage_listener("batch")])
+
+
 def _worker_label() -> str:
     """Which node, process and GPU ran a stage (for the manifest and placement checks)."""
     import ray
@@ -71,6 +78,19 @@ def _worker_label() -> str:
 
 # -- CPU: download + decode ---------------------------------------------------------------------
 
+def _entry_context(stage_fn: Callable[..., dict]) -> Callable[..., dict]:
+    """Log lines of a row's CPU stage carry the entry id (see :mod:`rescored_ray.logs`)."""
+
+    @functools.wraps(stage_fn)
+    def run(row: dict, *args, **kwargs) -> dict:
+        logs.install()
+        with logs.job_context(str(row.get("id"))):
+            return stage_fn(row, *args, **kwargs)
+
+    return run
+
+
+@_entry_context
 def acquire_audio(row: dict, config: str) -> dict:
     """Download and decode one entry; the audio goes into the row."""
     cfg, pipeline, _ = _task_context(config)
@@ -80,18 +100,18 @@ def acquire_audio(row: dict, config: str) -> dict:
     row = dict(row, title=row.get("title") or "", status=RUNNING, error="", retryable=False, stage="", attempts=1,
                audio=NO_AUDIO, stem_audio=NO_STEMS, stem_names="", separation_worker="", transcription_worker="",
                **notes_to_columns([]))
-    timings: dict[str, float] = {}
+    timeline = _timeline()
 
     def attempt():
         with pipeline.workdir(str(row["id"])) as workdir:
-            return pipeline.acquire(row["url"], workdir, timings=timings)
+            return pipeline.acquire(row["url"], workdir, timeline=timeline)
 
     try:
         title, audio = _retrying(cfg, row, attempt)
     except PipelineError as exc:
         return _fail(row, exc)
     row.update(audio=audio.samples, title=row.get("title") or title, duration_s=round(audio.duration_s, 3))
-    row.update({f"{stage}_s": round(seconds, 4) for stage, seconds in timings.items()})
+    row.update({f"{stage}_s": round(seconds, 4) for stage, seconds in timeline.seconds().items()})
     return row
 
 
@@ -107,6 +127,7 @@ class _ModelStage:
     """
 
     def __init__(self, config: str):
+        logs.install()
         self.cfg = BatchConfig.model_validate_json(config)
         self.pipeline = Pipeline(self.cfg.pipeline)
         self.worker = _worker_label()
@@ -118,15 +139,23 @@ class _ModelStage:
             log.error("%s cannot start on %s: %s", type(self).__name__, self.worker, exc)
             self.init_error = exc
         else:
-            log.info("%s ready on %s in %.1f s", type(self).__name__, self.worker, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.set_gauge("rescored_model_load_seconds", seconds, model=self.model_name())
+            log.info("%s ready on %s in %.1f s", type(self).__name__, self.worker, seconds)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         if self.init_error is not None:
             raise self.init_error
-        rows = [self.process(row) if row["status"] == RUNNING else row for row in _rows(batch)]
+        rows = []
+        for row in _rows(batch):
+            with logs.job_context(str(row["id"])):
+                rows.append(self.process(row) if row["status"] == RUNNING else row)
         return _columns(rows)
 
     def load(self) -> None:
+        raise NotImplementedError
+
+    def model_name(self) -> str:
         raise NotImplementedError
 
     def process(self, row: dict) -> dict:
@@ -139,16 +168,22 @@ class SeparateStems(_ModelStage):
     def load(self) -> None:
         self.separator = self.pipeline.separator
 
+    def model_name(self) -> str:
+        return self.cfg.pipeline.separation.model
+
     def process(self, row: dict) -> dict:
-        timings: dict[str, float] = {}
+        timeline = _timeline()
         audio = Audio(np.array(row["audio"], dtype=np.float32), SAMPLE_RATE)  # a writable copy for torch
+        fallbacks = self.separator.cpu_fallbacks
         try:
-            stems = _retrying(self.cfg, row, lambda: self.pipeline.separate(audio, timings=timings))
+            stems = _retrying(self.cfg, row, lambda: self.pipeline.separate(audio, timeline=timeline))
         except PipelineError as exc:
             return _fail(row, exc)
         names = list(stems)
         row.update(stem_audio=np.stack([stems[name].samples for name in names]), stem_names=",".join(names),
-                   separation_s=round(timings.get("separation", 0.0), 4), separation_worker=self.worker)
+                   separation_s=round(timeline.seconds().get("separation", 0.0), 4), separation_worker=self.worker)
+        if self.separator.cpu_fallbacks > fallbacks:
+            metrics.inc("rescored_gpu_cpu_fallbacks_total", model=self.separator.name)
         return row
 
 
@@ -158,25 +193,30 @@ class TranscribeStems(_ModelStage):
     def load(self) -> None:
         self.transcriber = self.pipeline.transcriber
 
+    def model_name(self) -> str:
+        return "basic-pitch"
+
     def process(self, row: dict) -> dict:
-        timings: dict[str, float] = {}
+        timeline = _timeline()
         stems = stems_of(row)
         try:
-            notes = _retrying(self.cfg, row, lambda: self.pipeline.transcribe(stems, timings=timings))
+            notes = _retrying(self.cfg, row, lambda: self.pipeline.transcribe(stems, timeline=timeline))
         except PipelineError as exc:
             return _fail(row, exc)
         row.update(notes_to_columns([n for stem_notes in notes.values() for n in stem_notes]))
-        row.update(transcription_s=round(timings.get("transcription", 0.0), 4), transcription_worker=self.worker)
+        row.update(transcription_s=round(timeline.seconds().get("transcription", 0.0), 4),
+                   transcription_worker=self.worker)
         return row
 
 
 # -- CPU: notation and outputs ------------------------------------------------------------------
 
+@_entry_context
 def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
     """Notate one entry, write its files to the output store; returns its manifest row."""
     if row["status"] == RUNNING:
         cfg, pipeline, store = _task_context(config, output_uri)
-        timings: dict[str, float] = {}
+        timeline = _timeline()
         audio = Audio(np.asarray(row["audio"], dtype=np.float32), SAMPLE_RATE)
         stems = stems_of(row)
         notes: dict[str, list[Note]] = {}
@@ -186,7 +226,7 @@ def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
         def attempt():
             with pipeline.workdir(str(row["id"])) as workdir:
                 result = pipeline.write(str(row["id"]), row["url"], row.get("title"), audio, stems, notes,
-                                        workdir / "out", timings=timings)
+                                        workdir / "out", timeline=timeline)
                 keys = publish(result, store, str(row["id"]))
             return result, keys
 
@@ -202,7 +242,8 @@ def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
                 stems=result.stems, musicxml=urls.get("score.musicxml"), midi=urls.get("score.mid"),
                 preview=urls.get("preview.svg"), result=urls.get("result.json"),
                 stem_files=sorted(url for name, url in urls.items() if name.startswith("stems/")),
-                notation_s=round(timings.get("notation", 0.0), 4), outputs_s=round(timings.get("outputs", 0.0), 4),
+                notation_s=round(timeline.seconds().get("notation", 0.0), 4),
+                outputs_s=round(timeline.seconds().get("outputs", 0.0), 4),
             )
     return manifest_row(row, run_id)
 

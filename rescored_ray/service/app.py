@@ -24,9 +24,10 @@ def _gpus_available() -> bool:
     return bool(ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0)
 
 
-def _model_options(options: DeploymentOptions, num_gpus: float) -> dict[str, Any]:
+def _model_options(options: DeploymentOptions, num_gpus: float, logging_config: dict) -> dict[str, Any]:
     scaling: dict[str, Any] = {"ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": num_gpus},
-                               "max_ongoing_requests": options.max_ongoing_requests}
+                               "max_ongoing_requests": options.max_ongoing_requests,
+                               "logging_config": logging_config}
     if options.max_replicas > options.min_replicas:
         scaling["autoscaling_config"] = {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
                                          "target_ongoing_requests": options.target_ongoing_requests}
@@ -38,19 +39,21 @@ def _model_options(options: DeploymentOptions, num_gpus: float) -> dict[str, Any
 def build_app(config: ServiceConfig, gpus_available: bool | None = None) -> Application:
     gpus = _gpus_available() if gpus_available is None else gpus_available
     data = config.model_dump()
-    ledger = LedgerDeployment.options(ray_actor_options={"num_cpus": 0}).bind(data)
+    logging_config = {"encoding": config.log_encoding}  # JSON: each line carries rescored_job_id/_stage
+    ledger = LedgerDeployment.options(ray_actor_options={"num_cpus": 0}, logging_config=logging_config).bind(data)
     separator = None  # a service for solo recordings (separation: none) deploys no Demucs at all
     if config.pipeline.separation.enabled:
         separator = SeparatorDeployment.options(
-            **_model_options(config.separator, config.gpus_for("separator", gpus))
+            **_model_options(config.separator, config.gpus_for("separator", gpus), logging_config)
         ).bind(config.pipeline.separation.model_dump())
     transcriber = TranscriberDeployment.options(
-        **_model_options(config.transcriber, config.gpus_for("transcriber", gpus))
+        **_model_options(config.transcriber, config.gpus_for("transcriber", gpus), logging_config)
     ).bind(config.pipeline.transcription.model_dump())
     worker = PipelineWorker.options(
         num_replicas=config.worker_slots, ray_actor_options={"num_cpus": config.worker_num_cpus},
+        logging_config=logging_config,
     ).bind(data, ledger, separator, transcriber)
-    return Ingress.options(ray_actor_options={"num_cpus": 0}).bind(data, ledger, worker)
+    return Ingress.options(ray_actor_options={"num_cpus": 0}, logging_config=logging_config).bind(data, ledger, worker)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

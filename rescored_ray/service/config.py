@@ -56,6 +56,9 @@ class ServiceConfig(_Section):
     result_ttl_s: float = Field(30 * 86400.0, gt=0)
     failed_ttl_s: float = Field(86400.0, gt=0)
     expiry_sweep_s: float = Field(300.0, gt=0)
+    metrics_interval_s: float = Field(2.0, gt=0, description="How often queue depth and worker gauges are set.")
+    log_encoding: str = Field("JSON", pattern="^(JSON|TEXT)$",
+                              description="Serve log format; JSON carries rescored_job_id/rescored_stage fields.")
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     separator: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_gpus=None))
     transcriber: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_gpus=None))

@@ -2,7 +2,8 @@
 
 The ingress only validates, deduplicates and records: jobs go into the ledger and
 workers pick them up. Everything it returns comes from the ledger and the results
-store, so any ingress replica on any node answers for any job.
+store, so any ingress replica on any node answers for any job. It also serves the
+status page at ``/`` (plain HTML/JS in ``static/``, no build step).
 """
 
 
@@ -12,17 +13,19 @@ import ipaddress
 import re
 import socket
 import urllib.parse
+from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from rescored_ray.errors import NonRetryableError
 from rescored_ray.service.config import ServiceConfig
-from rescored_ray.service.ledger import JobStatus, dedup_key
+from rescored_ray.service.ledger import JobRecord, JobStatus, dedup_key
+from rescored_ray.service.serve_logs import route_to_replica_log
 from rescored_ray.source import parse_source
 from rescored_ray.storage import ResultStore
 
@@ -31,6 +34,8 @@ FINAL_EVENTS = {"completed", "error", "cancelled"}
 STEM_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 HEARTBEAT_S = 30.0
 POLL_S = 0.2
+STATIC = Path(__file__).with_name("static")
+STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 
 app = FastAPI(title="rescored-ray", version="0.1.0",
               description="Recorded music to sheet music: submit a URL, follow progress, download the score.")
@@ -115,6 +120,30 @@ def _message(job_id: str, event) -> dict:
     return message
 
 
+def job_timeline(job: JobRecord) -> list[dict]:
+    """The job's life as spans: time queued before each attempt, then each attempt's stages
+    with the workers that ran them (the running attempt shows its current stage, open)."""
+    spans: list[dict] = []
+    ready = job.created_at
+    for attempt in job.attempts:
+        spans.append(_span("queued", attempt.number, ready, attempt.started_at, None))
+        for stage in attempt.timeline or []:
+            spans.append(_span(stage["stage"], attempt.number, stage["started_at"], stage.get("ended_at"),
+                               stage.get("workers"), ok=stage.get("ok", True)))
+        if attempt.outcome is None:
+            spans.append(_span(job.current_stage or "starting", attempt.number, attempt.started_at, None,
+                               [{"worker_id": attempt.worker}], ok=None))
+        ready = attempt.ended_at or attempt.started_at
+    if job.status == JobStatus.QUEUED:
+        spans.append(_span("queued", len(job.attempts) + 1, ready, None, None, ok=None))
+    return spans
+
+
+def _span(stage: str, attempt: int, started: float, ended: float | None, workers, ok: bool | None = True) -> dict:
+    return {"stage": stage, "attempt": attempt, "started_at": _iso(started), "ended_at": _iso(ended),
+            "seconds": round(ended - started, 3) if ended is not None else None, "ok": ok, "workers": workers}
+
+
 def _public_result(result: dict | None) -> dict | None:
     if not result:
         return None
@@ -127,6 +156,7 @@ def _public_result(result: dict | None) -> dict | None:
 @serve.ingress(app)
 class Ingress:
     def __init__(self, config: dict, ledger, worker):
+        route_to_replica_log()
         self.config = ServiceConfig.model_validate(config)
         self.ledger = ledger
         self.worker = worker
@@ -200,7 +230,8 @@ class Ingress:
             "failed_at": _iso(job.failed_at),
             "cancelled_at": _iso(job.cancelled_at),
             "expires_at": _iso(job.expires_at),
-            "attempts": [a.to_dict() for a in job.attempts],
+            "attempts": [{k: v for k, v in a.to_dict().items() if k != "timeline"} for a in job.attempts],
+            "timeline": job_timeline(job),
             "error": job.error,
             "result": _public_result(job.result),
             "result_url": f"{base}{API}/scores/{job.job_id}" if job.status == JobStatus.COMPLETED else None,
@@ -224,8 +255,20 @@ class Ingress:
 
     @app.get(f"{API}/queue")
     async def queue(self):
-        stats = await self.ledger.queue_stats.remote()
-        return {**stats, "worker_slots": self.config.worker_slots}
+        """Queue depth per priority, jobs per status, and the worker slots (busy or idle)."""
+        stats, workers = await asyncio.gather(self.ledger.queue_stats.remote(), self.ledger.workers.remote())
+        return {**stats, "worker_slots": self.config.worker_slots, "workers": workers}
+
+    # -- status page -------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index(self):
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str):
+        if name not in STATIC_FILES:
+            return _error(404, "not found")
+        return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
 
     @app.get("/healthz")
     async def healthz(self):

@@ -123,6 +123,9 @@ class Attempt:
     outcome: AttemptOutcome | None = None
     error: dict | None = None
     stage: str | None = None
+    timeline: list[dict] | None = None
+    """The stages this attempt ran: start/end times and the workers (see
+    :mod:`rescored_ray.timeline`), as reported by the worker when it ended the attempt."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,11 +248,13 @@ class JobStore(abc.ABC):
         """Record progress (never backwards within an attempt) and emit a progress event."""
 
     @abc.abstractmethod
-    def complete(self, job_id: str, worker_id: str, result: dict) -> bool:
-        """Finish the job with ``result``; it expires after the result TTL."""
+    def complete(self, job_id: str, worker_id: str, result: dict, timeline: list[dict] | None = None) -> bool:
+        """Finish the job with ``result``; it expires after the result TTL. ``timeline`` (the
+        attempt's stage spans) is kept on the attempt, for this and the calls below."""
 
     @abc.abstractmethod
-    def fail(self, job_id: str, worker_id: str, error: dict, retryable: bool) -> JobRecord | None:
+    def fail(self, job_id: str, worker_id: str, error: dict, retryable: bool,
+             timeline: list[dict] | None = None) -> JobRecord | None:
         """Re-queue with backoff if retryable and attempts remain, else fail the job."""
 
     @abc.abstractmethod
@@ -257,7 +262,7 @@ class JobStore(abc.ABC):
         """Cancel a queued job now, or ask the worker of a running one to stop."""
 
     @abc.abstractmethod
-    def mark_cancelled(self, job_id: str, worker_id: str) -> bool:
+    def mark_cancelled(self, job_id: str, worker_id: str, timeline: list[dict] | None = None) -> bool:
         """The lease holder acknowledges a cancel request: the job becomes cancelled."""
 
     @abc.abstractmethod
@@ -374,6 +379,7 @@ class SQLiteJobStore(JobStore):
         failed_ttl_s: float = 86400,
         result_ttl_s: float = 30 * 86400,
         clock: Callable[[], float] = time.time,
+        on_transition: Callable[[str, "JobRecord", dict], None] | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -386,6 +392,8 @@ class SQLiteJobStore(JobStore):
         self.failed_ttl_s = float(failed_ttl_s)
         self.result_ttl_s = float(result_ttl_s)
         self.clock = clock
+        self.on_transition = on_transition
+        self._pending: list[tuple[str, JobRecord, dict]] = []
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn: sqlite3.Connection | None = self._connect()
@@ -452,18 +460,35 @@ class SQLiteJobStore(JobStore):
         with self._lock:
             conn = self._require_conn()
             conn.execute("BEGIN IMMEDIATE")
+            self._pending.clear()
             try:
                 yield conn, float(self.clock())
             except BaseException:
+                self._pending.clear()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
             try:
                 conn.execute("COMMIT")
             except BaseException:
+                self._pending.clear()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            self._announce()
+
+    def _notify(self, kind: str, job: JobRecord, **info: Any) -> None:
+        """Queue a transition for ``on_transition``; it is announced only once the transaction commits."""
+        if self.on_transition is not None:
+            self._pending.append((kind, job, info))
+
+    def _announce(self) -> None:
+        pending, self._pending = self._pending, []
+        for kind, job, info in pending:
+            try:
+                self.on_transition(kind, job, info)  # type: ignore[misc]
+            except Exception:  # metrics and logs must never undo a committed state change
+                pass
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -566,13 +591,16 @@ class SQLiteJobStore(JobStore):
         return backoff_delay(attempt_number, self.backoff_base_s, self.backoff_max_s)
 
     @staticmethod
-    def _end_attempt(job: JobRecord, now: float, outcome: str, error: dict | None = None) -> None:
+    def _end_attempt(job: JobRecord, now: float, outcome: str, error: dict | None = None,
+                     timeline: list[dict] | None = None) -> None:
         if job.attempts and job.attempts[-1].outcome is None:
             a = job.attempts[-1]
             a.ended_at = now
             a.outcome = outcome  # type: ignore[assignment]
             a.error = error
             a.stage = job.current_stage
+            if timeline is not None:
+                a.timeline = list(timeline)
 
     @staticmethod
     def _clear_lease(job: JobRecord) -> None:
@@ -588,6 +616,7 @@ class SQLiteJobStore(JobStore):
         self._clear_lease(job)
         self._save(conn, job)
         self._emit(conn, job.job_id, "cancelled", {"reason": reason}, now)
+        self._notify("cancelled", job)
 
     def _to_failed(self, conn: sqlite3.Connection, job: JobRecord, now: float, error: dict) -> None:
         job.status = JobStatus.FAILED
@@ -599,6 +628,7 @@ class SQLiteJobStore(JobStore):
         self._clear_lease(job)
         self._save(conn, job)
         self._emit(conn, job.job_id, "error", {"error": error}, now)
+        self._notify("failed", job, error=error)
 
     @staticmethod
     def _normalize_error(error: Any, retryable: bool, stage: str | None) -> dict:
@@ -646,7 +676,9 @@ class SQLiteJobStore(JobStore):
                 (dedup_key, now),
             ).fetchone()
             if row is not None:
-                return self._record(row), True
+                job = self._record(row)
+                self._notify("submitted", job, deduplicated=True)
+                return job, True
             job_id = secrets.token_urlsafe(16)
             max_attempts = 1 + self.max_retries
             conn.execute(
@@ -660,6 +692,7 @@ class SQLiteJobStore(JobStore):
             self._emit(conn, job_id, "queued", {"priority": priority, "source": source}, now)
             job = self._fetch(conn, job_id)
             assert job is not None
+            self._notify("submitted", job, deduplicated=False)
             return job, False
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -711,6 +744,7 @@ class SQLiteJobStore(JobStore):
             job.attempts.append(Attempt(number=len(job.attempts) + 1, worker=worker_id, started_at=now))
             job.status_message = f"attempt {len(job.attempts)} running"
             self._save(conn, job)
+            self._notify("leased", job, waited_s=now - job.created_at if len(job.attempts) == 1 else None)
             return job
 
     def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> HeartbeatReply:
@@ -752,7 +786,7 @@ class SQLiteJobStore(JobStore):
             )
             return True
 
-    def complete(self, job_id: str, worker_id: str, result: dict) -> bool:
+    def complete(self, job_id: str, worker_id: str, result: dict, timeline: list[dict] | None = None) -> bool:
         result = dict(result or {})
         _dumps(result)  # must be JSON: fail before the transaction
         with self._write() as (conn, now):
@@ -760,7 +794,7 @@ class SQLiteJobStore(JobStore):
             if not self._held(job, worker_id):
                 return False
             assert job is not None
-            self._end_attempt(job, now, "completed")
+            self._end_attempt(job, now, "completed", timeline=timeline)
             job.status = JobStatus.COMPLETED
             job.progress = 100
             job.result = result
@@ -772,9 +806,11 @@ class SQLiteJobStore(JobStore):
             self._clear_lease(job)
             self._save(conn, job)
             self._emit(conn, job_id, "completed", {"result": result}, now)
+            self._notify("completed", job)
             return True
 
-    def fail(self, job_id: str, worker_id: str, error: dict, retryable: bool) -> JobRecord | None:
+    def fail(self, job_id: str, worker_id: str, error: dict, retryable: bool,
+             timeline: list[dict] | None = None) -> JobRecord | None:
         """Retry with exponential backoff while attempts remain, else fail for good.
 
         "Attempts used" is the number of attempts so far, including lost leases.
@@ -789,11 +825,11 @@ class SQLiteJobStore(JobStore):
             err = self._normalize_error(error, retryable, job.current_stage)
             n = len(job.attempts)
             if retryable and job.cancel_requested:
-                self._end_attempt(job, now, "cancelled", err)
+                self._end_attempt(job, now, "cancelled", err, timeline)
                 self._to_cancelled(conn, job, now, "cancelled (failed after cancel was requested)")
             elif retryable and n < job.max_attempts:
                 delay = self._backoff(n)
-                self._end_attempt(job, now, "retrying", err)
+                self._end_attempt(job, now, "retrying", err, timeline)
                 job.status = JobStatus.QUEUED
                 job.not_before = now + delay
                 job.updated_at = now
@@ -801,8 +837,9 @@ class SQLiteJobStore(JobStore):
                 self._clear_lease(job)
                 self._save(conn, job)
                 self._emit(conn, job_id, "retrying", {"error": err, "retry_in_s": delay, "attempt": n}, now)
+                self._notify("retrying", job, error=err, reason="error")
             else:
-                self._end_attempt(job, now, "failed", err)
+                self._end_attempt(job, now, "failed", err, timeline)
                 self._to_failed(conn, job, now, err)
             return job
 
@@ -820,13 +857,13 @@ class SQLiteJobStore(JobStore):
                 self._save(conn, job)
             return job
 
-    def mark_cancelled(self, job_id: str, worker_id: str) -> bool:
+    def mark_cancelled(self, job_id: str, worker_id: str, timeline: list[dict] | None = None) -> bool:
         with self._write() as (conn, now):
             job = self._fetch(conn, job_id)
             if not self._held(job, worker_id):
                 return False
             assert job is not None
-            self._end_attempt(job, now, "cancelled")
+            self._end_attempt(job, now, "cancelled", timeline=timeline)
             self._to_cancelled(conn, job, now, "cancelled")
             return True
 
@@ -875,6 +912,7 @@ class SQLiteJobStore(JobStore):
                 self._save(conn, job)
                 self._emit(conn, job.job_id, "retrying",
                            {"error": err, "retry_in_s": 0.0, "attempt": n}, now)
+                self._notify("retrying", job, error=err, reason="lease_expired")
             ids.append(job.job_id)
         return ids
 

@@ -3,17 +3,25 @@
 Serve restarts the replica if it dies; the new one reopens the same WAL database,
 so queued, running and finished jobs survive (running ones are re-queued when their
 lease expires). It also sweeps expired results: records and their files.
+
+Being the one place every job passes through, it also keeps the service's books for
+monitoring: each committed transition (submitted, leased, completed, retrying, failed,
+cancelled) becomes a metric, a queue/worker gauge loop runs beside it, and it
+remembers which worker slots asked for work recently, busy or idle (``workers()``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from ray import serve
 
+from rescored_ray import logs, metrics
 from rescored_ray.service.config import ServiceConfig
-from rescored_ray.service.ledger import SQLiteJobStore
+from rescored_ray.service.ledger import JobRecord, JobStatus, SQLiteJobStore
+from rescored_ray.service.serve_logs import route_to_replica_log
 from rescored_ray.storage import ResultStore
 
 log = logging.getLogger(__name__)
@@ -22,6 +30,7 @@ log = logging.getLogger(__name__)
 @serve.deployment(name="Ledger", num_replicas=1, max_ongoing_requests=256, health_check_period_s=5)
 class LedgerDeployment:
     def __init__(self, config: dict):
+        route_to_replica_log()
         self.config = ServiceConfig.model_validate(config)
         self.config.data_path.mkdir(parents=True, exist_ok=True)
         self.store = SQLiteJobStore(
@@ -31,10 +40,13 @@ class LedgerDeployment:
             backoff_max_s=self.config.backoff_max_s,
             failed_ttl_s=self.config.failed_ttl_s,
             result_ttl_s=self.config.result_ttl_s,
+            on_transition=self._on_transition,
         )
         self.results = ResultStore(self.config.results_uri)
+        self._seen: dict[str, float] = {}  # worker id -> last time it leased or heartbeated
         self._stop = threading.Event()
         threading.Thread(target=self._sweep_loop, name="ledger-expiry", daemon=True).start()
+        threading.Thread(target=self._gauge_loop, name="ledger-gauges", daemon=True).start()
 
     # Every JobStore method, served as-is (see rescored_ray.service.ledger).
     def submit(self, source, dedup_key, options, priority="default"):
@@ -47,31 +59,88 @@ class LedgerDeployment:
         return self.store.list_jobs(status, limit)
 
     def lease(self, worker_id, lease_s):
+        self._seen[worker_id] = time.time()
         return self.store.lease(worker_id, lease_s)
 
     def heartbeat(self, job_id, worker_id, lease_s):
+        self._seen[worker_id] = time.time()
         return self.store.heartbeat(job_id, worker_id, lease_s)
 
     def update_progress(self, job_id, worker_id, percent, stage, message):
         return self.store.update_progress(job_id, worker_id, percent, stage, message)
 
-    def complete(self, job_id, worker_id, result):
-        return self.store.complete(job_id, worker_id, result)
+    def complete(self, job_id, worker_id, result, timeline=None):
+        return self.store.complete(job_id, worker_id, result, timeline)
 
-    def fail(self, job_id, worker_id, error, retryable):
-        return self.store.fail(job_id, worker_id, error, retryable)
+    def fail(self, job_id, worker_id, error, retryable, timeline=None):
+        return self.store.fail(job_id, worker_id, error, retryable, timeline)
 
     def cancel(self, job_id):
         return self.store.cancel(job_id)
 
-    def mark_cancelled(self, job_id, worker_id):
-        return self.store.mark_cancelled(job_id, worker_id)
+    def mark_cancelled(self, job_id, worker_id, timeline=None):
+        return self.store.mark_cancelled(job_id, worker_id, timeline)
 
     def events(self, job_id, after_seq=0, limit=1000):
         return self.store.events(job_id, after_seq, limit)
 
     def queue_stats(self):
         return self.store.queue_stats()
+
+    def workers(self) -> list[dict]:
+        """Worker slots that asked for work within one lease period: busy (and with which
+        job) or idle. A slot that stopped asking has died or is being replaced."""
+        now = time.time()
+        running = {job.lease_owner: job for job in self.store.list_jobs(JobStatus.RUNNING, limit=1000)}
+        seen_at = dict(self._seen)  # a snapshot: lease calls add to it from other threads
+        for worker in [w for w, seen in seen_at.items() if now - seen > 10 * self.config.lease_s]:
+            self._seen.pop(worker, None)  # long gone: forget it
+        alive = {worker: seen for worker, seen in seen_at.items() if now - seen <= self.config.lease_s}
+        return [{"worker_id": worker, "busy": worker in running,
+                 "job_id": running[worker].job_id if worker in running else None,
+                 "stage": running[worker].current_stage if worker in running else None,
+                 "last_seen_s": round(now - seen, 2)} for worker, seen in sorted(alive.items())]
+
+    # -- monitoring ---------------------------------------------------------------------------
+    def _on_transition(self, kind: str, job: JobRecord, info: dict) -> None:
+        priority = job.priority
+        if kind == "submitted":
+            metrics.inc("rescored_jobs_submitted_total", priority=priority, deduplicated=info["deduplicated"])
+        elif kind == "leased" and info.get("waited_s") is not None:
+            metrics.observe("rescored_queue_wait_seconds", info["waited_s"], priority=priority)
+        elif kind == "completed":
+            metrics.inc("rescored_jobs_completed_total", priority=priority)
+            metrics.observe("rescored_job_seconds", (job.completed_at or job.updated_at) - job.created_at,
+                            priority=priority)
+        elif kind == "retrying":
+            metrics.inc("rescored_job_retries_total", stage=info["error"].get("stage"), reason=info["reason"])
+        elif kind == "failed":
+            error = info["error"]
+            metrics.inc("rescored_jobs_failed_total", priority=priority, stage=error.get("stage"),
+                        retryable=bool(error.get("retryable")))
+            log.info("job %s failed in %s: %s", job.job_id, error.get("stage"), error.get("message"),
+                     extra={logs.JOB_ID_FIELD: job.job_id, logs.STAGE_FIELD: error.get("stage")})
+        elif kind == "cancelled":
+            metrics.inc("rescored_jobs_cancelled_total", priority=priority)
+
+    def _gauge_loop(self) -> None:
+        while not self._stop.wait(self.config.metrics_interval_s):
+            try:
+                self.record_gauges()
+            except Exception:
+                log.debug("gauge update failed", exc_info=True)
+
+    def record_gauges(self) -> dict:
+        """Queue depth per priority, running jobs and worker slots, as gauges; returns them."""
+        stats = self.store.queue_stats()
+        for priority, depth in stats["queued"].items():
+            metrics.set_gauge("rescored_queue_depth", depth, priority=priority)
+        metrics.set_gauge("rescored_jobs_running", stats.get("running", 0))
+        workers = self.workers()
+        busy = sum(1 for w in workers if w["busy"])
+        metrics.set_gauge("rescored_worker_slots", busy, state="busy")
+        metrics.set_gauge("rescored_worker_slots", len(workers) - busy, state="idle")
+        return {**stats, "workers_busy": busy, "workers_idle": len(workers) - busy}
 
     def expire_now(self) -> list[str]:
         """Delete expired records and their result files; returns the job ids."""

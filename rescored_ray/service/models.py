@@ -14,7 +14,10 @@ import time
 
 from ray import serve
 
+from rescored_ray import metrics
 from rescored_ray.config import SeparationConfig, TranscriptionConfig
+from rescored_ray.service.serve_logs import route_to_replica_log
+from rescored_ray.timeline import where
 from rescored_ray.transcription import stems_to_transcribe
 from rescored_ray.types import Audio, Note
 
@@ -28,15 +31,21 @@ class SeparatorDeployment:
     def __init__(self, config: dict):
         from rescored_ray.separation import Separator
 
+        route_to_replica_log()
         self.separator = Separator(SeparationConfig.model_validate(config))
+        metrics.set_gauge("rescored_model_load_seconds", self.separator.load_seconds, model=self.separator.name)
         self.songs = 0
 
-    def separate(self, audio: Audio) -> dict[str, Audio]:
+    def separate(self, audio: Audio) -> tuple[dict[str, Audio], list[dict]]:
+        """The stems, and where they were made (this replica, its device)."""
         started = time.perf_counter()
+        fallbacks = self.separator.cpu_fallbacks
         stems = self.separator.separate(audio)
         self.songs += 1
+        if self.separator.cpu_fallbacks > fallbacks:
+            metrics.inc("rescored_gpu_cpu_fallbacks_total", model=self.separator.name)
         log.info("separated %.1f s of audio in %.1f s", audio.duration_s, time.perf_counter() - started)
-        return stems
+        return stems, [{**where(), **worker} for worker in self.separator.ran_on]
 
     def info(self) -> dict:
         s = self.separator
@@ -55,13 +64,16 @@ class TranscriberDeployment:
     def __init__(self, config: dict):
         from rescored_ray.transcription import Transcriber
 
+        route_to_replica_log()
         self.transcriber = Transcriber(TranscriptionConfig.model_validate(config))
+        metrics.set_gauge("rescored_model_load_seconds", self.transcriber.load_seconds, model="basic-pitch")
         self.stems = 0
 
-    def transcribe(self, audio: Audio, stem: str) -> list[Note]:
+    def transcribe(self, audio: Audio, stem: str) -> tuple[list[Note], dict]:
+        """The stem's notes, and where they were transcribed."""
         notes = self.transcriber.transcribe(audio, stem=stem)
         self.stems += 1
-        return notes
+        return notes, {**where(), **self.transcriber.ran_on[0], "stem": stem}
 
     def info(self) -> dict:
         t = self.transcriber
@@ -77,9 +89,10 @@ class RemoteSeparator:
 
     def __init__(self, handle):
         self.handle = handle
+        self.ran_on: list[dict] = []
 
     def separate(self, audio: Audio, progress=None, checkpoint=None) -> dict[str, Audio]:
-        stems = self.handle.separate.remote(audio).result()
+        stems, self.ran_on = self.handle.separate.remote(audio).result()
         if progress is not None:
             progress(1.0)
         return stems
@@ -92,13 +105,16 @@ class RemoteTranscriber:
     def __init__(self, handle, config: TranscriptionConfig):
         self.handle = handle
         self.config = config
+        self.ran_on: list[dict] = []
 
     def transcribe_stems(self, stems, wanted=None, progress=None) -> dict[str, list[Note]]:
         names = stems_to_transcribe(stems, wanted or self.config.stems)
         pending = {name: self.handle.transcribe.remote(stems[name], name) for name in names}
         result: dict[str, list[Note]] = {}
+        self.ran_on = []
         for index, name in enumerate(names):
-            result[name] = pending[name].result()
+            result[name], worker = pending[name].result()
+            self.ran_on.append(worker)
             if progress is not None:
                 progress((index + 1) / len(names), name)
         return result

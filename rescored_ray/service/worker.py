@@ -7,6 +7,10 @@ queued again (the Celery design's ``acks_late`` + ``prefetch_multiplier=1``). Th
 pipeline's checkpoint hook turns cancellation, a lost lease and the soft time limit
 into exceptions at stage boundaries and between Demucs chunks; the hard time limit
 fails this replica's health check so Serve kills and replaces it.
+
+Every attempt keeps a :class:`~rescored_ray.timeline.Timeline` (stage spans and the
+workers that ran them) that goes into the job record when the attempt ends, feeds the
+stage-duration metrics, and sets the stage on each log line (with the job id).
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import uuid
 
 from ray import serve
 
+from rescored_ray import logs, metrics
 from rescored_ray.config import with_options
 from rescored_ray.errors import NonRetryableError, PipelineError, RetryableError
 from rescored_ray.pipeline import Pipeline, publish
 from rescored_ray.service.config import ServiceConfig
 from rescored_ray.service.models import RemoteSeparator, RemoteTranscriber
+from rescored_ray.service.serve_logs import route_to_replica_log
 from rescored_ray.storage import ResultStore
+from rescored_ray.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ class PipelineWorker:
     """One worker slot: a background loop that leases and runs jobs."""
 
     def __init__(self, config: dict, ledger, separator, transcriber):
+        route_to_replica_log()
         self.config = ServiceConfig.model_validate(config)
         self.ledger = ledger
         self.separator = RemoteSeparator(separator) if separator is not None else None
@@ -96,10 +104,13 @@ class PipelineWorker:
             if job is None:
                 self._stop.wait(self.config.poll_s)
                 continue
-            self._run(job)
+            with logs.job_context(job.job_id):
+                self._run(job)
 
     def _run(self, job) -> None:
         job_id = job.job_id
+        log.info("attempt %d of job %s started: %s", len(job.attempts), job_id, job.source)
+        timeline = Timeline([metrics.stage_listener("service"), _log_stage])
         started = time.monotonic()
         self.current = (job_id, started)
         state = {"cancel": False, "lost": False}
@@ -138,25 +149,37 @@ class PipelineWorker:
                 raise NonRetryableError("this service deploys no separation model", stage="separation")
             pipeline = Pipeline(cfg, separator=self.separator if cfg.separation.enabled else None,
                                 transcriber=self.transcriber)
-            result = pipeline.run(job.source, workdir, progress=progress, checkpoint=checkpoint, job_id=job_id)
+            result = pipeline.run(job.source, workdir, progress=progress, checkpoint=checkpoint, job_id=job_id,
+                                  timeline=timeline)
             checkpoint()
-            keys = publish(result, self.store, job_id)
+            with timeline.stage("upload"):
+                keys = publish(result, self.store, job_id)
             summary = result.to_dict()
             summary.pop("output_dir", None)
+            summary.pop("timeline", None)  # kept on the attempt instead, with the upload span
             summary["outputs"] = keys
-            self.ledger.complete.remote(job_id, self.worker_id, summary).result()
+            self.ledger.complete.remote(job_id, self.worker_id, summary, timeline.to_list()).result()
+            metrics.inc("rescored_audio_seconds_total", result.duration_s, path="service")
             self.jobs_done += 1
+            log.info("job %s completed: %d notes, %.1f s of audio in %.1f s", job_id, result.n_notes,
+                     result.duration_s, time.monotonic() - started)
         except JobCancelled:
-            self.ledger.mark_cancelled.remote(job_id, self.worker_id).result()
+            self.ledger.mark_cancelled.remote(job_id, self.worker_id, timeline.to_list()).result()
+            log.info("job %s cancelled", job_id)
         except LeaseLost:
             log.warning("job %s: lease lost, abandoning this attempt", job_id)
         except PipelineError as exc:
-            self.ledger.fail.remote(job_id, self.worker_id, exc.to_dict(), exc.retryable).result()
+            # Expected failures (bad input, a download refused) are one line; an unexpected error
+            # inside a stage had its traceback logged once, where it happened (pipeline._in_stage).
+            with logs.stage_context(exc.stage):
+                log.warning("job %s attempt failed in %s (%s): %s", job_id, exc.stage,
+                            "transient" if exc.retryable else "permanent", exc.message)
+            self.ledger.fail.remote(job_id, self.worker_id, exc.to_dict(), exc.retryable, timeline.to_list()).result()
         except Exception as exc:  # a bug or an unexpected library error: retry, with the traceback logged once
             log.error("job %s failed unexpectedly:\n%s", job_id, traceback.format_exc())
             error = {"type": type(exc).__name__, "message": f"unexpected error: {exc}", "stage": "pipeline",
                      "retryable": True}
-            self.ledger.fail.remote(job_id, self.worker_id, error, True).result()
+            self.ledger.fail.remote(job_id, self.worker_id, error, True, timeline.to_list()).result()
         finally:
             beat_stop.set()
             shutil.rmtree(workdir, ignore_errors=True)
@@ -166,3 +189,10 @@ class PipelineWorker:
         path = self.config.data_path / "tmp"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _log_stage(span) -> None:
+    """One line per stage: how long it took and where it ran (the job context is on it)."""
+    ran_on = ", ".join(" ".join(str(w[k]) for k in ("actor", "device", "stem") if w.get(k)) or w.get("host", "")
+                       for w in span.workers)
+    log.info("%s %s in %.2f s (%s)", span.stage, "done" if span.ok else "failed", span.seconds, ran_on)
