@@ -10,7 +10,7 @@ TEST_SETTINGS = {
     "worker_slots": 1,
     "lease_s": 3.0,
     "heartbeat_s": 0.5,
-    "poll_s": 0.1,
+    "poll_s": 2.0,
     "soft_time_limit_s": 25.0,
     "hard_time_limit_s": 120.0,
     "backoff_base_s": 0.5,

@@ -24,7 +24,7 @@ def limited(serve_port, tmp_path_factory):
 
     config = load_service_config(env={}, overrides={
         "data_dir": str(tmp_path_factory.mktemp("limits-data")),
-        "lease_s": 3.0, "heartbeat_s": 0.5, "poll_s": 0.1,
+        "lease_s": 3.0, "heartbeat_s": 0.5, "poll_s": 2.0,
         "soft_time_limit_s": 100.0, "hard_time_limit_s": 8.0,
         "result_ttl_s": 4.0, "failed_ttl_s": 4.0, "expiry_sweep_s": 1.0,
         "security": {"allow_private_networks": True},

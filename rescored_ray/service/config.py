@@ -47,7 +47,8 @@ class ServiceConfig(_Section):
     worker_num_cpus: float = Field(0.5, ge=0)
     lease_s: float = Field(30.0, gt=0, description="A job whose worker misses heartbeats this long is re-queued.")
     heartbeat_s: float = Field(5.0, gt=0)
-    poll_s: float = Field(0.5, gt=0, description="Idle worker's wait between queue polls.")
+    poll_s: float = Field(5.0, gt=0, description="Longest an idle worker's lease request waits in the ledger; "
+                                                 "it returns the moment a job is queued.")
     soft_time_limit_s: float = Field(540.0, gt=0)
     hard_time_limit_s: float = Field(600.0, gt=0)
     max_retries: int = Field(3, ge=0)

@@ -33,7 +33,6 @@ API = "/api/v1"
 FINAL_EVENTS = {"completed", "error", "cancelled"}
 STEM_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 HEARTBEAT_S = 30.0
-POLL_S = 0.2
 STATIC = Path(__file__).with_name("static")
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 
@@ -272,7 +271,13 @@ class Ingress:
 
     @app.get("/healthz")
     async def healthz(self):
+        """Readiness: the ingress is up and the ledger answers."""
         await self.ledger.queue_stats.remote()
+        return {"status": "ok"}
+
+    @app.get("/livez")
+    async def livez(self):
+        """Liveness: the ingress answers (nothing behind it is asked)."""
         return {"status": "ok"}
 
     # -- results -----------------------------------------------------------------------------
@@ -327,19 +332,18 @@ class Ingress:
             await websocket.send_json(_message(job_id, _final_event(job)))
             await websocket.close()
             return
-        last_beat = asyncio.get_running_loop().time()
         try:
             while True:
-                for event in await self.ledger.events.remote(job_id, seq):
+                # a long-poll: the ledger answers as soon as this job has a new event
+                events = await self.ledger.events_wait.remote(job_id, seq, HEARTBEAT_S)
+                for event in events:
                     seq = event.seq
                     await websocket.send_json(_message(job_id, event))
                     if event.type in FINAL_EVENTS:
                         await websocket.close()
                         return
-                now = asyncio.get_running_loop().time()
-                if now - last_beat >= HEARTBEAT_S:
-                    await websocket.send_json({"type": "heartbeat", "job_id": job_id, "timestamp": _iso(dt.datetime.now().timestamp())})
-                    last_beat = now
-                await asyncio.sleep(POLL_S)
+                if not events:
+                    await websocket.send_json({"type": "heartbeat", "job_id": job_id,
+                                               "timestamp": _iso(dt.datetime.now().timestamp())})
         except WebSocketDisconnect:
             return

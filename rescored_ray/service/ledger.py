@@ -679,7 +679,9 @@ class SQLiteJobStore(JobStore):
                 job = self._record(row)
                 self._notify("submitted", job, deduplicated=True)
                 return job, True
-            job_id = secrets.token_urlsafe(16)
+            # 128 random bits as hex: unguessable, and safe everywhere an id travels (a URL, a
+            # file name, a CLI argument: a urlsafe token may start with "-" and read as an option)
+            job_id = secrets.token_hex(16)
             max_attempts = 1 + self.max_retries
             conn.execute(
                 """INSERT INTO jobs (job_id, source, dedup_key, options, priority, priority_rank,
@@ -764,12 +766,15 @@ class SQLiteJobStore(JobStore):
     def update_progress(
         self, job_id: str, worker_id: str, percent: int, stage: str | None, message: str | None
     ) -> bool:
-        """Clamp to 0-100 and to no less than the attempt's current progress; emit "progress"."""
+        """Clamp to 0-100; emit "progress". An update below the attempt's current progress is
+        an older one arriving late (workers send progress without waiting): it is dropped."""
         with self._write() as (conn, now):
             job = self._fetch(conn, job_id)
             if not self._held(job, worker_id):
                 return False
             assert job is not None
+            if int(percent) < job.progress:
+                return True
             pct = max(job.progress, min(100, max(0, int(percent))))
             job.progress = pct
             if stage is not None:
@@ -936,6 +941,17 @@ class SQLiteJobStore(JobStore):
                 (job_id, int(after_seq), max(0, int(limit))),
             ).fetchall()
         return [JobEvent(r["job_id"], int(r["seq"]), r["type"], _loads(r["data"]), r["at"]) for r in rows]
+
+    def next_ready_at(self) -> float | None:
+        """When a job may next become leasable without anyone submitting: the end of a retry's
+        backoff, or the expiry of a running job's lease (its worker may be dead). None if neither."""
+        with self._read() as conn:
+            row = conn.execute(
+                """SELECT MIN(t) FROM (SELECT MIN(not_before) AS t FROM jobs WHERE status = 'queued'
+                                     UNION ALL
+                                     SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'running')"""
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def queue_stats(self) -> dict:
         stats: dict[str, Any] = {"queued": {p: 0 for p in PRIORITIES}}

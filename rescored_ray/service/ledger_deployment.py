@@ -4,6 +4,11 @@ Serve restarts the replica if it dies; the new one reopens the same WAL database
 so queued, running and finished jobs survive (running ones are re-queued when their
 lease expires). It also sweeps expired results: records and their files.
 
+Nobody polls it: an idle worker's ``lease_wait`` and a WebSocket's ``events_wait`` are
+long-polls that return the moment the ledger commits something they care about (a job
+queued, an event of their job), or when their wait runs out. Pokes come from whichever
+thread committed; the waiters sleep on the replica's event loop (:class:`Wakeups`).
+
 Being the one place every job passes through, it also keeps the service's books for
 monitoring: each committed transition (submitted, leased, completed, retrying, failed,
 cancelled) becomes a metric, a queue/worker gauge loop runs beside it, and it
@@ -12,6 +17,7 @@ remembers which worker slots asked for work recently, busy or idle (``workers()`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -27,7 +33,52 @@ from rescored_ray.storage import ResultStore
 log = logging.getLogger(__name__)
 
 
-@serve.deployment(name="Ledger", num_replicas=1, max_ongoing_requests=256, health_check_period_s=5)
+QUEUE = "\0queue"  # the wake-up key of idle workers (job ids are the keys of event streams)
+
+
+class Wakeups:
+    """Async waiters keyed by what they wait for, woken from any thread.
+
+    A waiter registers *before* it looks at the store and waits only after, so a change
+    committed in between still wakes it (no lost wake-ups)."""
+
+    def __init__(self):
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.waiters: dict[str, set[asyncio.Future]] = {}
+
+    def register(self, key: str) -> asyncio.Future:
+        self.loop = asyncio.get_running_loop()
+        future = self.loop.create_future()
+        self.waiters.setdefault(key, set()).add(future)
+        return future
+
+    def unregister(self, key: str, future: asyncio.Future) -> None:
+        waiting = self.waiters.get(key)
+        if waiting is not None:
+            waiting.discard(future)
+            if not waiting:
+                del self.waiters[key]
+
+    def poke(self, key: str) -> None:
+        """Wake everyone waiting on ``key``; callable from any thread."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake, key)
+
+    def _wake(self, key: str) -> None:
+        for future in self.waiters.get(key, ()):
+            if not future.done():
+                future.set_result(None)
+
+    @staticmethod
+    async def wait(future: asyncio.Future, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(future), max(0.0, timeout))
+        except asyncio.TimeoutError:
+            pass
+
+
+@serve.deployment(name="Ledger", num_replicas=1, max_ongoing_requests=1024, health_check_period_s=5)
 class LedgerDeployment:
     def __init__(self, config: dict):
         route_to_replica_log()
@@ -44,6 +95,7 @@ class LedgerDeployment:
         )
         self.results = ResultStore(self.config.results_uri)
         self._seen: dict[str, float] = {}  # worker id -> last time it leased or heartbeated
+        self.wakeups = Wakeups()
         self._stop = threading.Event()
         threading.Thread(target=self._sweep_loop, name="ledger-expiry", daemon=True).start()
         threading.Thread(target=self._gauge_loop, name="ledger-gauges", daemon=True).start()
@@ -67,7 +119,43 @@ class LedgerDeployment:
         return self.store.heartbeat(job_id, worker_id, lease_s)
 
     def update_progress(self, job_id, worker_id, percent, stage, message):
-        return self.store.update_progress(job_id, worker_id, percent, stage, message)
+        updated = self.store.update_progress(job_id, worker_id, percent, stage, message)
+        self.wakeups.poke(job_id)
+        return updated
+
+    async def lease_wait(self, worker_id: str, lease_s: float, wait_s: float):
+        """Lease the next job, waiting up to ``wait_s`` for one to be queued (or for a retry's
+        backoff to end); None if none came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            woken = self.wakeups.register(QUEUE)
+            try:
+                job = await asyncio.to_thread(self.lease, worker_id, lease_s)
+                remaining = deadline - loop.time()
+                if job is not None or remaining <= 0:
+                    return job
+                ready_at = await asyncio.to_thread(self.store.next_ready_at)
+                if ready_at is not None:
+                    remaining = min(remaining, max(0.01, ready_at - time.time()))
+                await self.wakeups.wait(woken, remaining)
+            finally:
+                self.wakeups.unregister(QUEUE, woken)
+
+    async def events_wait(self, job_id: str, after_seq: int = 0, wait_s: float = 0.0, limit: int = 1000):
+        """Events of ``job_id`` after ``after_seq``, waiting up to ``wait_s`` for the next one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            woken = self.wakeups.register(job_id)
+            try:
+                events = await asyncio.to_thread(self.store.events, job_id, after_seq, limit)
+                remaining = deadline - loop.time()
+                if events or remaining <= 0:
+                    return events
+                await self.wakeups.wait(woken, remaining)
+            finally:
+                self.wakeups.unregister(job_id, woken)
 
     def complete(self, job_id, worker_id, result, timeline=None):
         return self.store.complete(job_id, worker_id, result, timeline)
@@ -95,7 +183,9 @@ class LedgerDeployment:
         seen_at = dict(self._seen)  # a snapshot: lease calls add to it from other threads
         for worker in [w for w, seen in seen_at.items() if now - seen > 10 * self.config.lease_s]:
             self._seen.pop(worker, None)  # long gone: forget it
-        alive = {worker: seen for worker, seen in seen_at.items() if now - seen <= self.config.lease_s}
+        # an idle worker asks again at least every poll_s (its long-poll), a busy one heartbeats
+        window = self.config.lease_s + self.config.poll_s
+        alive = {worker: seen for worker, seen in seen_at.items() if now - seen <= window}
         return [{"worker_id": worker, "busy": worker in running,
                  "job_id": running[worker].job_id if worker in running else None,
                  "stage": running[worker].current_stage if worker in running else None,
@@ -103,6 +193,9 @@ class LedgerDeployment:
 
     # -- monitoring ---------------------------------------------------------------------------
     def _on_transition(self, kind: str, job: JobRecord, info: dict) -> None:
+        self.wakeups.poke(job.job_id)
+        if kind in ("submitted", "retrying"):
+            self.wakeups.poke(QUEUE)
         priority = job.priority
         if kind == "submitted":
             metrics.inc("rescored_jobs_submitted_total", priority=priority, deduplicated=info["deduplicated"])

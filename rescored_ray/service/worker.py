@@ -96,13 +96,13 @@ class PipelineWorker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                job = self.ledger.lease.remote(self.worker_id, self.config.lease_s).result()
+                # a long-poll: returns the moment a job is queued, or None after poll_s
+                job = self.ledger.lease_wait.remote(self.worker_id, self.config.lease_s, self.config.poll_s).result()
             except Exception:  # the ledger is restarting: wait and ask again
                 log.warning("lease request failed; retrying", exc_info=True)
                 self._stop.wait(1.0)
                 continue
             if job is None:
-                self._stop.wait(self.config.poll_s)
                 continue
             with logs.job_context(job.job_id):
                 self._run(job)
@@ -135,9 +135,9 @@ class PipelineWorker:
                     f"soft time limit of {self.config.soft_time_limit_s:g} s exceeded", stage="pipeline")
 
         def progress(percent: int, stage: str, message: str) -> None:
-            reply = self.ledger.update_progress.remote(job_id, self.worker_id, percent, stage, message).result()
-            if reply is False:
-                state["lost"] = True
+            # Fire and forget: the job never waits on its progress report. A lost lease is
+            # noticed by the heartbeat instead; a late report is dropped by the ledger.
+            self.ledger.update_progress.remote(job_id, self.worker_id, percent, stage, message)
 
         beater = threading.Thread(target=heartbeat, name=f"heartbeat-{job_id[:8]}", daemon=True)
         beater.start()
