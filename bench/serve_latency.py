@@ -85,6 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rescored_latency_") as tmp:
         config = load_service_config(env={}, overrides={
             "data_dir": tmp, "worker_slots": 1, "security": {"allow_private_networks": True},
+            "limits": {"jobs_per_window": None, "max_active_jobs": None},  # one address sends everything
             "pipeline": {"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}, "write_preview": False},
         })
         files, files_url = serve_folder(REPO / "examples")

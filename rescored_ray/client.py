@@ -232,6 +232,7 @@ class Client:
 
     def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0):
         self.base_url = base_url.rstrip("/")
+        token = token or os.environ.get("RESCORED_API_TOKEN")  # the service's api_tokens, if it has any
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout)
 
@@ -354,6 +355,7 @@ class AsyncClient:
 
     def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0):
         self.base_url = base_url.rstrip("/")
+        token = token or os.environ.get("RESCORED_API_TOKEN")  # the service's api_tokens, if it has any
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=timeout)
 

@@ -11,12 +11,18 @@ worker slots, queue wait), the pipeline workers and batch stages (stage duration
 processed), the model holders (load time, GPU->CPU fallbacks), the batch driver (entries).
 Recording never raises: a metrics hiccup must not fail a job. This module imports Ray;
 the pipeline core never imports it.
+
+Gauges are re-sent every second for as long as the process lives: Ray's metrics agent
+evicts a gauge value that its process has not re-reported within two export intervals,
+so a gauge set once (a model's load time) would otherwise vanish from Prometheus while
+the model is still loaded.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +70,9 @@ METRICS: dict[str, MetricSpec] = {
 
 _lock = threading.Lock()
 _objects: dict[str, Any] = {}
+_gauges: dict[tuple[str, tuple], tuple[float, dict | None]] = {}  # (name, tags) -> last value, kept alive
+_keeper: threading.Thread | None = None
+GAUGE_REFRESH_S = 1.0
 
 
 def _metric(name: str):
@@ -101,7 +110,27 @@ def inc(name: str, value: float = 1.0, **tags: Any) -> None:
 
 
 def set_gauge(name: str, value: float, **tags: Any) -> None:
+    """Set gauge ``name``; the value is re-sent every second until it is set again."""
+    global _keeper
+    tag_values = _tags(name, tags)
+    with _lock:
+        _gauges[(name, tuple(sorted((tag_values or {}).items())))] = (float(value), tag_values)
+        if _keeper is None or not _keeper.is_alive():
+            _keeper = threading.Thread(target=_keep_gauges, name="rescored-gauges", daemon=True)
+            _keeper.start()
     _record(name, "set", value, tags)
+
+
+def _keep_gauges() -> None:
+    while True:
+        time.sleep(GAUGE_REFRESH_S)
+        with _lock:
+            held = list(_gauges.items())
+        for (name, _), (value, tag_values) in held:
+            try:
+                _metric(name).set(value, tags=tag_values)
+            except Exception:
+                log.debug("could not refresh %s", name, exc_info=True)
 
 
 def observe(name: str, value: float, **tags: Any) -> None:

@@ -218,6 +218,7 @@ PERMANENT_PATTERNS = [
     (re.compile(r"is not a valid URL|invalid url", re.I), "the URL is not valid"),
     (re.compile(r"larger than max-filesize", re.I), "the file is larger than the download limit"),
     (re.compile(r"did not get any data blocks", re.I), "the server sent an empty file"),
+    (re.compile(r"resolves to a non-public address", re.I), "the URL leads to a non-public address"),
 ]
 
 

@@ -119,7 +119,8 @@ def test_batch_metrics_reach_the_metrics_agent(first_run):
     audio = value(after, "rescored_audio_seconds_total", path="batch") - \
         value(first_run["metrics_before"], "rescored_audio_seconds_total", path="batch")
     assert audio == pytest.approx(sum(row["duration_s"] for row in completed), abs=0.01)
-    assert value(after, "rescored_model_load_seconds", model="demucs_unittest") > 0
+    # (model load times are gauges of the stage actors: they leave the agent with the actors at
+    # the end of the run, so they are checked on the service's live replicas in test_monitoring)
 
 
 def test_manifest_has_every_entry_with_the_right_status(first_run, rss_feed_info, flaky_url):

@@ -28,6 +28,7 @@ def limited(serve_port, tmp_path_factory):
         "soft_time_limit_s": 100.0, "hard_time_limit_s": 8.0,
         "result_ttl_s": 4.0, "failed_ttl_s": 4.0, "expiry_sweep_s": 1.0,
         "security": {"allow_private_networks": True},
+        "limits": {"jobs_per_window": None, "max_active_jobs": None},
         "transcriber": {"num_cpus": 0.5},
         "pipeline": {"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}},
     })

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rescored_ray.config import PipelineConfig, _deep_merge, env_overrides, gpu_share, read_yaml_mapping
+from rescored_ray.netguard import networks
 
 
 class _Section(BaseModel):
@@ -36,6 +37,43 @@ class DeploymentOptions(_Section):
 
 class SecurityConfig(_Section):
     allow_private_networks: bool = Field(False, description="Accept loopback/private-range URLs (tests, intranets).")
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs reachable even though not public (an intranet media server), e.g. ['10.20.0.0/16'].")
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        networks(value)  # a bad CIDR is a config error at start-up, not a surprise per request
+        return value
+
+    api_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="Client name -> bearer token. When set, every /api/v1 call needs a token, and a client "
+                    "sees only its own jobs. Env: RESCORED_API_TOKENS='{alice: token1, bob: token2}'.")
+
+    @property
+    def networks(self):
+        return networks(self.allowed_networks)
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens(cls, value: dict[str, str]) -> dict[str, str]:
+        short = [name for name, token in value.items() if len(str(token)) < 16]
+        if short:
+            raise ValueError(f"API tokens must be at least 16 characters (clients {short})")
+        if len(set(value.values())) != len(value):
+            raise ValueError("two clients share one API token")
+        return value
+
+
+class LimitsConfig(_Section):
+    """Per-client limits (a client: its API token's name, else its address). null switches one off."""
+
+    jobs_per_window: int | None = Field(10, ge=1, description="New jobs per client per window (429 beyond).")
+    window_s: float = Field(3600.0, gt=0)
+    max_active_jobs: int | None = Field(4, ge=1, description="Jobs of one client queued or running at once.")
+    max_body_bytes: int = Field(16 * 1024, ge=256, description="Largest request body (413 beyond).")
 
 
 class ServiceConfig(_Section):
@@ -61,6 +99,7 @@ class ServiceConfig(_Section):
     log_encoding: str = Field("JSON", pattern="^(JSON|TEXT)$",
                               description="Serve log format; JSON carries rescored_job_id/rescored_stage fields.")
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     separator: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_gpus=None))
     transcriber: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_gpus=None))
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
@@ -85,6 +124,8 @@ SERVICE_ENV = {
     "RESCORED_ALLOW_PRIVATE_NETWORKS": ("security", "allow_private_networks"),
     "RESCORED_SOFT_TIME_LIMIT_S": ("soft_time_limit_s",),
     "RESCORED_HARD_TIME_LIMIT_S": ("hard_time_limit_s",),
+    "RESCORED_API_TOKENS": ("security", "api_tokens"),
+    "RESCORED_RATE_LIMIT_JOBS": ("limits", "jobs_per_window"),
 }
 
 

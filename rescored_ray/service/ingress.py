@@ -9,22 +9,23 @@ status page at ``/`` (plain HTML/JS in ``static/``, no build step).
 
 import asyncio
 import datetime as dt
-import ipaddress
+import hmac
+import json
 import re
-import socket
-import urllib.parse
 from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from rescored_ray.errors import NonRetryableError
+from rescored_ray.netguard import check_url
 from rescored_ray.service.config import ServiceConfig
-from rescored_ray.service.ledger import JobRecord, JobStatus, dedup_key
+from rescored_ray.service.ledger import ClientLimits, JobRecord, JobStatus, RateLimited, dedup_key
 from rescored_ray.service.serve_logs import route_to_replica_log
 from rescored_ray.source import parse_source
 from rescored_ray.storage import ResultStore
@@ -35,6 +36,7 @@ STEM_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 HEARTBEAT_S = 30.0
 STATIC = Path(__file__).with_name("static")
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+OPEN_PATHS = ("/", "/livez", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 app = FastAPI(title="rescored-ray", version="0.1.0",
               description="Recorded music to sheet music: submit a URL, follow progress, download the score.")
@@ -74,19 +76,47 @@ def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message, **extra})
 
 
-def check_public_host(url: str, allow_private: bool) -> None:
-    """Refuse URLs whose host resolves to loopback, private, link-local or reserved addresses."""
-    if allow_private:
-        return
-    host = urllib.parse.urlsplit(url).hostname or ""
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except (socket.gaierror, UnicodeError):
-        return  # unresolvable now: the download fails later as a retryable error
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global or address.is_multicast:
-            raise NonRetryableError(f"URL host {host!r} resolves to a non-public address ({address})", stage="source")
+def client_of(headers, query_params, peer: str | None, tokens: dict[str, str]) -> str | None:
+    """Who is calling: the client whose API token came with the request (``Authorization:
+    Bearer``, or ``?token=`` where a browser cannot set headers: WebSockets, download links),
+    else the peer address when no tokens are configured. None: a token is needed and missing
+    or wrong."""
+    if not tokens:
+        return f"addr:{peer or 'unknown'}"
+    header = headers.get("authorization", "")
+    presented = header[7:].strip() if header.lower().startswith("bearer ") else query_params.get("token", "")
+    for name, token in tokens.items():
+        if presented and hmac.compare_digest(presented.encode(), str(token).encode()):
+            return name
+    return None
+
+
+@app.middleware("http")
+async def _guard_requests(request: Request, call_next):
+    """Body size and authentication, before any route runs (WebSockets check in the route)."""
+    limits, tokens = request.app.state.limits, request.app.state.tokens
+    length = request.headers.get("content-length")
+    if request.method in ("POST", "PUT", "PATCH"):
+        if length is None:
+            return _error(411, "a Content-Length header is required")
+        if not length.isdigit() or int(length) > limits.max_body_bytes:
+            return _error(413, f"request body over {limits.max_body_bytes} bytes")
+    path = request.url.path
+    if path in OPEN_PATHS or path.startswith("/static/"):
+        return await call_next(request)
+    client = client_of(request.headers, request.query_params, request.client.host if request.client else None, tokens)
+    if client is None:
+        return JSONResponse(status_code=401, content={"error": "a valid API token is required"},
+                            headers={"WWW-Authenticate": "Bearer"})
+    request.state.client_id = client
+    return await call_next(request)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    """Unknown routes and methods answer like every other error: ``{"error": ...}``."""
+    return _error(exc.status_code, str(exc.detail).lower() if exc.detail else "error",
+                  **({} if exc.status_code != 405 else {"allowed": exc.headers.get("allow") if exc.headers else None}))
 
 
 @app.exception_handler(RequestValidationError)
@@ -157,6 +187,11 @@ class Ingress:
     def __init__(self, config: dict, ledger, worker):
         route_to_replica_log()
         self.config = ServiceConfig.model_validate(config)
+        app.state.limits = self.config.limits
+        app.state.tokens = dict(self.config.security.api_tokens)
+        limits = self.config.limits
+        self.client_limits = ClientLimits(jobs_per_window=limits.jobs_per_window, window_s=limits.window_s,
+                                          max_active=limits.max_active_jobs)
         self.ledger = ledger
         self.worker = worker
         self.results = ResultStore(self.config.results_uri)
@@ -166,13 +201,25 @@ class Ingress:
     async def transcribe(self, body: TranscribeRequest, request: Request):
         try:
             source = parse_source(body.source, self.config.pipeline.source.model_copy(update={"allow_local_files": False}))
-            if source.is_remote:
-                check_public_host(source.location, self.config.security.allow_private_networks)
+            if source.kind == "youtube_playlist":  # other playlists (RSS feeds) are only known after a probe
+                raise NonRetryableError("this URL is a playlist: one job takes one recording; run playlists as "
+                                        "a batch (rescored-ray batch, or Client.batch)", stage="source")
+            if source.is_remote and not self.config.security.allow_private_networks:
+                # resolving may block: off the event loop (the download re-checks every hop)
+                await asyncio.to_thread(check_url, source.location, self.config.security.networks)
             options = self._normalised_options(body.options)
         except NonRetryableError as exc:
             return _error(400, exc.message)
-        job, deduplicated = await self.ledger.submit.remote(source.location, dedup_key(source.key, options),
-                                                            options, body.priority)
+        client = request.state.client_id
+        # with per-client tokens a client may only join its own jobs; otherwise equal work is shared
+        key = dedup_key(source.key, {**options, "client": client} if self.per_client else options)
+        try:
+            job, deduplicated = await self.ledger.submit.remote(source.location, key, options, body.priority,
+                                                                client, self.client_limits)
+        except RateLimited as exc:
+            retry_after = int(exc.retry_after_s + 0.999)
+            return JSONResponse(status_code=429, headers={"Retry-After": str(retry_after)},
+                                content={"error": exc.message, "retry_after_seconds": retry_after})
         separated = (options.get("separation") or self.config.pipeline.separation.model) != "none"
         base = str(request.base_url).rstrip("/")
         ws_base = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
@@ -184,6 +231,20 @@ class Ingress:
             "websocket_url": f"{ws_base}{API}/jobs/{job.job_id}/stream",
             "deduplicated": deduplicated,
         })
+
+    @property
+    def per_client(self) -> bool:
+        """Tokens configured: each client sees only its own jobs."""
+        return bool(self.config.security.api_tokens)
+
+    async def _job_for(self, request_or_socket, job_id: str):
+        """The job if the caller may see it: (job, None), else (None, an error response)."""
+        job = await self.ledger.get.remote(job_id)
+        if job is None:
+            return None, _error(404, "job not found")
+        if self.per_client and job.client_id != request_or_socket.state.client_id:
+            return None, _error(403, "this job belongs to another client")
+        return job, None
 
     def _normalised_options(self, options: JobOptions) -> dict:
         """Only what changes the output, in canonical form, so equal requests dedup."""
@@ -208,9 +269,9 @@ class Ingress:
     # -- status ------------------------------------------------------------------------------
     @app.get(f"{API}/jobs/{{job_id}}")
     async def job_status(self, job_id: str, request: Request):
-        job = await self.ledger.get.remote(job_id)
-        if job is None:
-            return _error(404, "job not found")
+        job, refused = await self._job_for(request, job_id)
+        if refused:
+            return refused
         return self._view(job, str(request.base_url).rstrip("/"))
 
     def _view(self, job, base: str = "") -> dict:
@@ -241,12 +302,16 @@ class Ingress:
         """Most recent jobs first, optionally of one status (queued, running, completed, failed, cancelled)."""
         if status is not None and status not in {s.value for s in JobStatus}:
             return _error(400, f"invalid status {status!r}: one of {', '.join(s.value for s in JobStatus)}")
-        jobs = await self.ledger.list_jobs.remote(status, max(1, min(int(limit), 500)))
+        mine = request.state.client_id if self.per_client else None
+        jobs = await self.ledger.list_jobs.remote(status, max(1, min(int(limit), 500)), mine)
         base = str(request.base_url).rstrip("/")
         return {"jobs": [self._view(job, base) for job in jobs]}
 
     @app.delete(f"{API}/jobs/{{job_id}}")
-    async def cancel(self, job_id: str):
+    async def cancel(self, job_id: str, request: Request):
+        _, refused = await self._job_for(request, job_id)
+        if refused:
+            return refused
         job = await self.ledger.cancel.remote(job_id)
         if job is None:
             return _error(404, "job not found")
@@ -281,10 +346,10 @@ class Ingress:
         return {"status": "ok"}
 
     # -- results -----------------------------------------------------------------------------
-    async def _file(self, job_id: str, name: str, media_type: str, filename: str):
-        job = await self.ledger.get.remote(job_id)
-        if job is None:
-            return _error(404, "job not found")
+    async def _file(self, request: Request, job_id: str, name: str, media_type: str, filename: str):
+        job, refused = await self._job_for(request, job_id)
+        if refused:
+            return refused
         if job.status != JobStatus.COMPLETED or not job.result:
             return _error(404, f"no result yet: job is {job.status.value}")
         key = (job.result.get("outputs") or {}).get(name)
@@ -295,35 +360,42 @@ class Ingress:
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     @app.get(f"{API}/scores/{{job_id}}")
-    async def score(self, job_id: str):
-        return await self._file(job_id, "score.musicxml", "application/vnd.recordare.musicxml+xml",
+    async def score(self, job_id: str, request: Request):
+        return await self._file(request, job_id, "score.musicxml", "application/vnd.recordare.musicxml+xml",
                                 f"{job_id}.musicxml")
 
     @app.get(f"{API}/scores/{{job_id}}/midi")
-    async def midi(self, job_id: str):
-        return await self._file(job_id, "score.mid", "audio/midi", f"{job_id}.mid")
+    async def midi(self, job_id: str, request: Request):
+        return await self._file(request, job_id, "score.mid", "audio/midi", f"{job_id}.mid")
 
     @app.get(f"{API}/scores/{{job_id}}/notes")
-    async def notes(self, job_id: str):
-        return await self._file(job_id, "notes.csv", "text/csv", f"{job_id}-notes.csv")
+    async def notes(self, job_id: str, request: Request):
+        return await self._file(request, job_id, "notes.csv", "text/csv", f"{job_id}-notes.csv")
 
     @app.get(f"{API}/scores/{{job_id}}/preview")
-    async def preview(self, job_id: str):
-        return await self._file(job_id, "preview.svg", "image/svg+xml", f"{job_id}.svg")
+    async def preview(self, job_id: str, request: Request):
+        return await self._file(request, job_id, "preview.svg", "image/svg+xml", f"{job_id}.svg")
 
     @app.get(f"{API}/scores/{{job_id}}/stems/{{stem}}")
-    async def stem(self, job_id: str, stem: str):
+    async def stem(self, job_id: str, stem: str, request: Request):
         if not STEM_NAME.match(stem):
             return _error(400, "invalid stem name")
-        return await self._file(job_id, f"stems/{stem}.flac", "audio/flac", f"{job_id}-{stem}.flac")
+        return await self._file(request, job_id, f"stems/{stem}.flac", "audio/flac", f"{job_id}-{stem}.flac")
 
     # -- live progress -----------------------------------------------------------------------
     @app.websocket(f"{API}/jobs/{{job_id}}/stream")
     async def stream(self, websocket: WebSocket, job_id: str):
+        client = client_of(websocket.headers, websocket.query_params,
+                           websocket.client.host if websocket.client else None, app.state.tokens)
+        if client is None:
+            await websocket.close(code=4401, reason="a valid API token is required")
+            return
+        websocket.state.client_id = client
         await websocket.accept()
-        job = await self.ledger.get.remote(job_id)
-        if job is None:
-            await websocket.send_json({"type": "error", "job_id": job_id, "error": {"message": "job not found"}})
+        job, refused = await self._job_for(websocket, job_id)
+        if refused:
+            message = json.loads(refused.body)["error"]
+            await websocket.send_json({"type": "error", "job_id": job_id, "error": {"message": message}})
             await websocket.close()
             return
         seq = job.last_event_seq  # read with the state: no event falls between the two

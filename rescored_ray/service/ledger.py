@@ -65,6 +65,8 @@ from rescored_ray.retry import backoff_delay
 
 __all__ = [
     "Attempt",
+    "ClientLimits",
+    "RateLimited",
     "HeartbeatReply",
     "JobEvent",
     "JobRecord",
@@ -163,6 +165,9 @@ class JobRecord:
     error: dict | None = None
     result: dict | None = None
     expires_at: float | None = None
+    client_id: str | None = None
+    """Who submitted it (the API token's client, else the caller's address); limits and,
+    with per-client tokens, access are per client."""
     last_event_seq: int = 0
     """Seq of the newest event when this record was read: a stream that starts from this
     state continues with ``events(job_id, last_event_seq)`` and misses nothing."""
@@ -186,6 +191,28 @@ class JobEvent:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What one client may have: new jobs per window, and jobs queued or running at once.
+    None switches a limit off. Deduplicated submissions (no new work) never count."""
+
+    jobs_per_window: int | None = 10
+    window_s: float = 3600.0
+    max_active: int | None = 4
+
+
+class RateLimited(Exception):
+    """A client is over a :class:`ClientLimits` limit; ``retry_after_s`` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):  # survives Ray's pickling between the ledger and the ingress
+        return (RateLimited, (self.message, self.retry_after_s))
 
 
 @dataclass(frozen=True)
@@ -221,17 +248,20 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def submit(
-        self, source: str, dedup_key: str, options: dict, priority: str = "default"
+        self, source: str, dedup_key: str, options: dict, priority: str = "default",
+        client_id: str | None = None, limits: "ClientLimits | None" = None,
     ) -> tuple[JobRecord, bool]:
-        """Queue a job, or return the live job with the same dedup_key and True."""
+        """Queue a job, or return the live job with the same dedup_key and True; a new job
+        over the client's limits raises :class:`RateLimited`."""
 
     @abc.abstractmethod
     def get(self, job_id: str) -> JobRecord | None:
         """The job, or None if unknown or expired."""
 
     @abc.abstractmethod
-    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100) -> list[JobRecord]:
-        """Jobs newest first, optionally of one status."""
+    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100,
+                  client_id: str | None = None) -> list[JobRecord]:
+        """Jobs newest first, optionally of one status and/or one client."""
 
     @abc.abstractmethod
     def lease(self, worker_id: str, lease_s: float) -> JobRecord | None:
@@ -294,7 +324,10 @@ class JobStore(abc.ABC):
 
 # --------------------------------------------------------------------------- SQLite
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+_MIGRATIONS = {  # from version -> statements that bring it to version + 1
+    1: ["ALTER TABLE jobs ADD COLUMN client_id TEXT"],
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -324,12 +357,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     error            TEXT,
     result           TEXT,
     expires_at       REAL,
-    event_seq        INTEGER NOT NULL DEFAULT 0
+    event_seq        INTEGER NOT NULL DEFAULT 0,
+    client_id        TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue   ON jobs(status, priority_rank, seq);
 CREATE INDEX IF NOT EXISTS jobs_dedup   ON jobs(dedup_key, status);
 CREATE INDEX IF NOT EXISTS jobs_lease   ON jobs(status, lease_expires_at);
 CREATE INDEX IF NOT EXISTS jobs_expires ON jobs(expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_client  ON jobs(client_id, created_at) WHERE client_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
     seq    INTEGER NOT NULL,
@@ -427,15 +462,19 @@ class SQLiteJobStore(JobStore):
             conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS}")
             conn.execute("BEGIN IMMEDIATE")
             try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > _SCHEMA_VERSION:
+                    raise RuntimeError(f"{self.path}: ledger schema v{version}, this code knows v{_SCHEMA_VERSION}")
+                existing = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone()
+                if existing is not None:  # an older ledger: migrate it in this same transaction
+                    for from_version in range(max(version, 1), _SCHEMA_VERSION):
+                        for stmt in _MIGRATIONS[from_version]:
+                            conn.execute(stmt)
                 # executescript() would COMMIT first; run the statements one by one instead.
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         conn.execute(stmt)
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-                elif version != _SCHEMA_VERSION:
-                    raise RuntimeError(f"{self.path}: ledger schema v{version}, this code knows v{_SCHEMA_VERSION}")
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -523,6 +562,7 @@ class SQLiteJobStore(JobStore):
             error=_loads(row["error"]),
             result=_loads(row["result"]),
             expires_at=row["expires_at"],
+            client_id=row["client_id"],
             last_event_seq=int(row["event_seq"]),
         )
 
@@ -652,12 +692,15 @@ class SQLiteJobStore(JobStore):
     # ------------------------------------------------------------------ JobStore
 
     def submit(
-        self, source: str, dedup_key: str, options: dict, priority: str = "default"
+        self, source: str, dedup_key: str, options: dict, priority: str = "default",
+        client_id: str | None = None, limits: ClientLimits | None = None,
     ) -> tuple[JobRecord, bool]:
         """Dedup against a queued/running (not cancel-requested) or unexpired completed job.
 
         Failed, cancelled and expired jobs do not dedup: resubmitting them is how a
         user retries. A running job whose cancel was requested does not dedup either.
+        A new job of ``client_id`` over its ``limits`` raises :class:`RateLimited`; the check
+        and the insert share one transaction, so concurrent submissions cannot overshoot.
         """
         validate_priority(priority)
         if not isinstance(source, str) or not source:
@@ -679,6 +722,8 @@ class SQLiteJobStore(JobStore):
                 job = self._record(row)
                 self._notify("submitted", job, deduplicated=True)
                 return job, True
+            if limits is not None and client_id is not None:
+                self._check_limits(conn, client_id, limits, now)
             # 128 random bits as hex: unguessable, and safe everywhere an id travels (a URL, a
             # file name, a CLI argument: a urlsafe token may start with "-" and read as an option)
             job_id = secrets.token_hex(16)
@@ -686,10 +731,10 @@ class SQLiteJobStore(JobStore):
             conn.execute(
                 """INSERT INTO jobs (job_id, source, dedup_key, options, priority, priority_rank,
                                      status, created_at, updated_at, max_attempts, not_before,
-                                     status_message)
-                   VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, 'queued')""",
+                                     status_message, client_id)
+                   VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, 'queued', ?)""",
                 (job_id, source, dedup_key, options_json, priority, _PRIORITY_RANK[priority],
-                 now, now, max_attempts, now),
+                 now, now, max_attempts, now, client_id),
             )
             self._emit(conn, job_id, "queued", {"priority": priority, "source": source}, now)
             job = self._fetch(conn, job_id)
@@ -697,20 +742,44 @@ class SQLiteJobStore(JobStore):
             self._notify("submitted", job, deduplicated=False)
             return job, False
 
+    @staticmethod
+    def _check_limits(conn: sqlite3.Connection, client_id: str, limits: ClientLimits, now: float) -> None:
+        if limits.max_active is not None:
+            active = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE client_id = ? AND status IN ('queued', 'running')", (client_id,)
+            ).fetchone()[0]
+            if active >= limits.max_active:
+                raise RateLimited(f"{active} jobs of this client are queued or running (limit "
+                                  f"{limits.max_active}); wait for one to finish", retry_after_s=30.0)
+        if limits.jobs_per_window is not None:
+            since = now - limits.window_s
+            rows = conn.execute(
+                "SELECT created_at FROM jobs WHERE client_id = ? AND created_at > ? ORDER BY created_at LIMIT ?",
+                (client_id, since, limits.jobs_per_window),
+            ).fetchall()
+            if len(rows) >= limits.jobs_per_window:
+                retry_after = rows[0]["created_at"] + limits.window_s - now
+                raise RateLimited(f"rate limit: {limits.jobs_per_window} new jobs per {limits.window_s:g} s",
+                                  retry_after_s=max(1.0, retry_after))
+
     def get(self, job_id: str) -> JobRecord | None:
         with self._read() as conn:
             return self._fetch(conn, job_id)
 
-    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100) -> list[JobRecord]:
+    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100,
+                  client_id: str | None = None) -> list[JobRecord]:
+        """Newest first; of one status and/or one client when given."""
         limit = max(0, int(limit))
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(JobStatus(status).value)
+        if client_id is not None:
+            where.append("client_id = ?")
+            args.append(client_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._read() as conn:
-            if status is None:
-                rows = conn.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-            else:
-                st = JobStatus(status).value
-                rows = conn.execute(
-                    "SELECT * FROM jobs WHERE status = ? ORDER BY seq DESC LIMIT ?", (st, limit)
-                ).fetchall()
+            rows = conn.execute(f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
         return [self._record(r) for r in rows]
 
     def lease(self, worker_id: str, lease_s: float) -> JobRecord | None:

@@ -101,14 +101,14 @@ class LedgerDeployment:
         threading.Thread(target=self._gauge_loop, name="ledger-gauges", daemon=True).start()
 
     # Every JobStore method, served as-is (see rescored_ray.service.ledger).
-    def submit(self, source, dedup_key, options, priority="default"):
-        return self.store.submit(source, dedup_key, options, priority)
+    def submit(self, source, dedup_key, options, priority="default", client_id=None, limits=None):
+        return self.store.submit(source, dedup_key, options, priority, client_id, limits)
 
     def get(self, job_id):
         return self.store.get(job_id)
 
-    def list_jobs(self, status=None, limit=100):
-        return self.store.list_jobs(status, limit)
+    def list_jobs(self, status=None, limit=100, client_id=None):
+        return self.store.list_jobs(status, limit, client_id)
 
     def lease(self, worker_id, lease_s):
         self._seen[worker_id] = time.time()

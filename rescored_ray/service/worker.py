@@ -29,6 +29,7 @@ from ray import serve
 from rescored_ray import logs, metrics
 from rescored_ray.config import with_options
 from rescored_ray.errors import NonRetryableError, PipelineError, RetryableError
+from rescored_ray.netguard import guard_connections
 from rescored_ray.pipeline import Pipeline, publish
 from rescored_ray.service.config import ServiceConfig
 from rescored_ray.service.models import RemoteSeparator, RemoteTranscriber
@@ -64,6 +65,9 @@ class PipelineWorker:
         self.transcriber = RemoteTranscriber(transcriber, self.config.pipeline.transcription)
         self.store = ResultStore(self.config.results_uri)
         self.worker_id = f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if not self.config.security.allow_private_networks:
+            # every connection a download makes, redirect hops included, goes to a public address
+            guard_connections(self.config.security.networks)
         self.current: tuple[str, float] | None = None  # (job_id, monotonic start)
         self.jobs_done = 0
         self._stop = threading.Event()
@@ -158,13 +162,13 @@ class PipelineWorker:
             summary.pop("output_dir", None)
             summary.pop("timeline", None)  # kept on the attempt instead, with the upload span
             summary["outputs"] = keys
-            self.ledger.complete.remote(job_id, self.worker_id, summary, timeline.to_list()).result()
+            self._acknowledge("complete", job_id, self.worker_id, summary, timeline.to_list())
             metrics.inc("rescored_audio_seconds_total", result.duration_s, path="service")
             self.jobs_done += 1
             log.info("job %s completed: %d notes, %.1f s of audio in %.1f s", job_id, result.n_notes,
                      result.duration_s, time.monotonic() - started)
         except JobCancelled:
-            self.ledger.mark_cancelled.remote(job_id, self.worker_id, timeline.to_list()).result()
+            self._acknowledge("mark_cancelled", job_id, self.worker_id, timeline.to_list())
             log.info("job %s cancelled", job_id)
         except LeaseLost:
             log.warning("job %s: lease lost, abandoning this attempt", job_id)
@@ -174,16 +178,39 @@ class PipelineWorker:
             with logs.stage_context(exc.stage):
                 log.warning("job %s attempt failed in %s (%s): %s", job_id, exc.stage,
                             "transient" if exc.retryable else "permanent", exc.message)
-            self.ledger.fail.remote(job_id, self.worker_id, exc.to_dict(), exc.retryable, timeline.to_list()).result()
+            self._acknowledge("fail", job_id, self.worker_id, exc.to_dict(), exc.retryable, timeline.to_list())
         except Exception as exc:  # a bug or an unexpected library error: retry, with the traceback logged once
             log.error("job %s failed unexpectedly:\n%s", job_id, traceback.format_exc())
             error = {"type": type(exc).__name__, "message": f"unexpected error: {exc}", "stage": "pipeline",
                      "retryable": True}
-            self.ledger.fail.remote(job_id, self.worker_id, error, True, timeline.to_list()).result()
+            self._acknowledge("fail", job_id, self.worker_id, error, True, timeline.to_list())
         finally:
             beat_stop.set()
             shutil.rmtree(workdir, ignore_errors=True)
             self.current = None
+
+    def _acknowledge(self, method: str, job_id: str, *args) -> None:
+        """Tell the ledger how the attempt ended, retrying while it restarts or its disk is full.
+
+        Gives up after one lease period: by then the lease has expired and the job is
+        re-queued anyway (late acknowledgement: nothing is lost, the attempt is repeated).
+        A retry after a reply that got lost is harmless: the ledger only accepts the
+        acknowledgement from the lease holder, once.
+        """
+        deadline = time.monotonic() + self.config.lease_s
+        delay = 0.2
+        while True:
+            try:
+                getattr(self.ledger, method).remote(job_id, *args).result()
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline or self._stop.is_set():
+                    log.error("job %s: could not %s it in the ledger (%s); its lease will expire and "
+                              "the job will be re-queued", job_id, method.replace("_", " "), exc)
+                    return
+                log.warning("job %s: ledger %s failed (%s); retrying in %.1f s", job_id, method, exc, delay)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     def _temp_parent(self):
         path = self.config.data_path / "tmp"

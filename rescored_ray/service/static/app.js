@@ -22,11 +22,31 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// API tokens (when the service has api_tokens): kept in this browser, sent as a bearer
+// header, and as ?token= where a browser cannot send headers (links, images, WebSockets).
+const token = () => localStorage.getItem("rescored-token") || "";
+const authHeaders = () => (token() ? {Authorization: `Bearer ${token()}`} : {});
+const withToken = (url) => (token() ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token())}` : url);
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {cache: "no-store", ...options, headers: {...authHeaders(), ...(options.headers || {})}});
+  if (response.status === 401) document.getElementById("token-form").hidden = false;
+  return response;
+}
+
 async function getJSON(path) {
-  const response = await fetch(path, {cache: "no-store"});
+  const response = await api(path);
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
 }
+
+document.getElementById("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  localStorage.setItem("rescored-token", document.getElementById("token").value.trim());
+  document.getElementById("token-form").hidden = true;
+  refreshQueue();
+  refreshJobs();
+});
 
 // -- submission ---------------------------------------------------------------------------
 document.getElementById("submit-form").addEventListener("submit", async (event) => {
@@ -38,12 +58,13 @@ document.getElementById("submit-form").addEventListener("submit", async (event) 
   message.textContent = "submitting…";
   delete message.dataset.jobId;
   try {
-    const response = await fetch(`${API}/transcribe`, {
+    const response = await api(`${API}/transcribe`, {
       method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
     const data = await response.json();
     if (!response.ok) {
       message.className = "error";
-      message.textContent = `refused: ${data.error || response.status}`;
+      const wait = data.retry_after_seconds ? ` (try again in ${data.retry_after_seconds} s)` : "";
+      message.textContent = `refused: ${data.error || response.status}${wait}`;
       return;
     }
     followed = data.job_id;
@@ -124,7 +145,7 @@ function jobRow(job) {
 function follow(job) {
   if (FINAL.has(job.status) || streams.has(job.job_id)) return;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}${API}/jobs/${job.job_id}/stream`);
+  const socket = new WebSocket(withToken(`${scheme}://${location.host}${API}/jobs/${job.job_id}/stream`));
   streams.set(job.job_id, socket);
   socket.onmessage = (event) => {
     const message = JSON.parse(event.data);
@@ -174,8 +195,8 @@ async function showScore(jobId) {
     if (stem !== "mix") links.push([`${stem} stem`, `${base}/stems/${stem}`, `download-stem-${stem}`]);
   }
   document.getElementById("downloads").replaceChildren(
-    ...links.map(([text, href, id]) => el("a", {href, id, download: "", text})));
-  const image = el("img", {id: "score-image", alt: "first page of the score", src: `${base}/preview`});
+    ...links.map(([text, href, id]) => el("a", {href: withToken(href), id, download: "", text})));
+  const image = el("img", {id: "score-image", alt: "first page of the score", src: withToken(`${base}/preview`)});
   image.onerror = () => document.getElementById("score-view").replaceChildren(
     el("p", {text: "no preview for this job (download the MusicXML)"}));
   document.getElementById("score-view").replaceChildren(image);
