@@ -222,6 +222,14 @@ PERMANENT_PATTERNS = [
 ]
 
 
+def refuse_playlist(source: Source, stage: str) -> None:
+    """One job takes one recording: a URL known to be a playlist is a permanent error.
+    (Other playlists, RSS feeds, are only recognised by the probe.)"""
+    if source.kind == "youtube_playlist":
+        raise NonRetryableError("this URL is a playlist: one job takes one recording; run playlists as a batch "
+                                "(rescored-ray batch, or Client.batch)", stage=stage)
+
+
 def classify_ytdlp_error(message: str) -> PipelineError:
     """Map a yt-dlp error message to a permanent or transient error with a clear reason."""
     text = re.sub(r"^ERROR:\s*", "", message.strip())
@@ -279,8 +287,7 @@ def fetch(
     if source.kind == "local":
         path = Path(source.location)
         return FetchedAudio(path=path, source=source, title=path.stem)
-    if source.kind == "youtube_playlist":
-        raise NonRetryableError("this URL is a YouTube playlist; submit it as a batch", stage=STAGE)
+    refuse_playlist(source, STAGE)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     hooks = [_progress_hook(progress)] if progress else []

@@ -29,3 +29,40 @@ def deploy(data_dir, **overrides):
     config = load_service_config(env={}, overrides=_deep_merge({**TEST_SETTINGS, "data_dir": str(data_dir)}, overrides))
     serve.run(build_app(config, gpus_available=False), name="rescored", route_prefix="/")
     return config
+
+
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def wait_for_job(client, job_id, timeout=120, statuses=TERMINAL, predicate=None, poll_s=0.1) -> dict:
+    """Poll ``GET /api/v1/jobs/{id}`` (with ``client``'s headers) until the job is in one of
+    ``statuses`` (or ``predicate(job)`` holds); returns the job."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        if predicate(job) if predicate else job["status"] in statuses:
+            return job
+        time.sleep(poll_s)
+    raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+
+
+def replica(deployment: str):
+    """Ray's state record (name, pid, ...) of the live replica of ``deployment`` in the "rescored" app."""
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address
+    for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
+        if f"rescored#{deployment}#" in (actor.name or ""):
+            return actor
+    raise AssertionError(f"no live {deployment} replica")
+
+
+def replica_actor(deployment: str):
+    """The live replica of ``deployment`` as a Ray actor handle (to kill it)."""
+    import ray
+
+    return ray.get_actor(replica(deployment).name, namespace="serve")

@@ -7,14 +7,13 @@ Two clients, alice and bob, each with a token. Limits are small so they trip in 
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from tests.service_app import deploy
+from tests.service_app import deploy, wait_for_job
 
 ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef00"
 FAST = {"separation": "none", "stems": ["mix"]}
@@ -35,21 +34,12 @@ def service(serve_port, tmp_path_factory):
     serve.delete("rescored")
 
 
-def _wait(client, job_id, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in ("completed", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish")
-
 
 @pytest.fixture(scope="module")
 def alice_job(service, http_server):
     created = service["alice"].post("/api/v1/transcribe", json={"url": http_server.url("chorale.mp3"), "options": FAST})
     assert created.status_code == 201, created.text
-    return _wait(service["alice"], created.json()["job_id"])
+    return wait_for_job(service["alice"], created.json()["job_id"])
 
 
 def test_api_needs_a_valid_token(service):
@@ -114,7 +104,7 @@ def test_rate_limit_per_client_with_retry_after(service, http_server, alice_job)
     for n in (1, 2):
         created = alice.post("/api/v1/transcribe", json={"url": http_server.url(f"status/404/rate-{n}.mp3"), "options": FAST})
         assert created.status_code == 201, created.text
-        _wait(alice, created.json()["job_id"])
+        wait_for_job(alice, created.json()["job_id"])
     refused = alice.post("/api/v1/transcribe", json={"url": http_server.url("status/404/rate-3.mp3"), "options": FAST})
     assert refused.status_code == 429
     body = refused.json()
@@ -126,7 +116,7 @@ def test_rate_limit_per_client_with_retry_after(service, http_server, alice_job)
     # limits are per client: bob is not affected, and does not join alice's job
     bobs = bob.post("/api/v1/transcribe", json={"url": http_server.url("chorale.mp3"), "options": FAST})
     assert bobs.status_code == 201 and not bobs.json()["deduplicated"]
-    _wait(bob, bobs.json()["job_id"])
+    wait_for_job(bob, bobs.json()["job_id"])
 
 
 def test_active_jobs_per_client_are_capped(service, http_server):
@@ -141,4 +131,4 @@ def test_active_jobs_per_client_are_capped(service, http_server):
     assert third.status_code == 429 and "queued or running" in third.json()["error"]
     assert third.json()["retry_after_seconds"] >= 1
     for created in slow + [second]:
-        _wait(bob, created.json()["job_id"])
+        wait_for_job(bob, created.json()["job_id"])

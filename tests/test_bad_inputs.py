@@ -9,14 +9,13 @@ The table is the contract; its counts go into the closing note of the hardening 
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import numpy as np
 import pytest
 
 from tests.media import write_wav
-from tests.service_app import deploy
+from tests.service_app import deploy, wait_for_job
 
 FAST = {"separation": "none", "stems": ["mix"]}
 
@@ -139,15 +138,6 @@ def test_refused_at_the_door(service, name, method, path, body, status, words):
     assert isinstance(error, str) and error and words.lower() in error.lower()
 
 
-def _wait(client, job_id, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in ("completed", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish")
-
 
 @pytest.fixture(scope="module")
 def outcomes(service, urls):
@@ -157,7 +147,7 @@ def outcomes(service, urls):
         response = service.post("/api/v1/transcribe", json={"url": urls(template), "options": FAST})
         assert response.status_code == 201, (name, response.text)
         created[name] = response.json()["job_id"]
-    return {name: _wait(service, job_id) for name, job_id in created.items()}
+    return {name: wait_for_job(service, job_id) for name, job_id in created.items()}
 
 
 @pytest.mark.parametrize("name,template,stage,retryable,words", FAILS, ids=[case[0] for case in FAILS])
@@ -182,7 +172,7 @@ def test_odd_but_valid_audio_completes(outcomes, name, template, min_notes):
 def test_after_the_corpus_a_good_job_completes_and_nothing_is_left_behind(service, outcomes, http_server):
     response = service.post("/api/v1/transcribe", json={"url": http_server.url("chorale.flac") + "?after=bad",
                                                         "options": {"stems": ["other", "bass"]}})
-    job = _wait(service, response.json()["job_id"])
+    job = wait_for_job(service, response.json()["job_id"])
     assert job["status"] == "completed" and job["result"]["n_notes"] > 20
     leftovers = list((service.data_dir / "tmp").iterdir())
     assert leftovers == [], leftovers

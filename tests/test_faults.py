@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service_app import deploy
+from tests.service_app import deploy, replica_actor
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SEPARATED = {"stems": ["other", "bass"]}
@@ -114,23 +114,12 @@ def account(client, name: str, job_ids: list[str], timeout: float = 180) -> dict
     return row
 
 
-def _replica_actor(deployment: str):
-    import ray
-    from ray.util.state import list_actors
-
-    address = ray.get_runtime_context().gcs_address
-    for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
-        if f"rescored#{deployment}#" in (actor.name or ""):
-            return ray.get_actor(actor.name, namespace="serve")
-    raise AssertionError(f"no live {deployment} replica")
-
-
 def test_pipeline_worker_killed_mid_separation(service, http_server):
     import ray
 
     ids = _submit(service, http_server.url("mix.wav"), 3, "worker")
     _until_running(service, ids[0])
-    ray.kill(_replica_actor("PipelineWorker"), no_restart=False)
+    ray.kill(replica_actor("PipelineWorker"), no_restart=False)
     row = account(service, "pipeline worker killed mid-separation", ids)
     assert (row["completed"], row["lost"], row["duplicated"]) == (3, 0, 0), row
     first = row["attempts"][ids[0][:8]]
@@ -142,7 +131,7 @@ def test_separator_replica_killed_mid_separation(service, http_server):
 
     ids = _submit(service, http_server.url("mix.wav"), 2, "separator")
     _until_running(service, ids[0])
-    ray.kill(_replica_actor("Separator"), no_restart=False)
+    ray.kill(replica_actor("Separator"), no_restart=False)
     row = account(service, "separator replica killed mid-separation", ids)
     assert (row["completed"], row["lost"], row["duplicated"]) == (2, 0, 0), row
     first = row["attempts"][ids[0][:8]]
@@ -154,7 +143,7 @@ def test_ledger_killed_with_jobs_in_flight(service, http_server):
 
     ids = _submit(service, http_server.url("mix.wav"), 3, "ledger")
     _until_running(service, ids[0])
-    ray.kill(_replica_actor("Ledger"), no_restart=False)
+    ray.kill(replica_actor("Ledger"), no_restart=False)
     row = account(service, "ledger killed with jobs queued and running", ids)
     assert (row["completed"], row["lost"], row["duplicated"]) == (3, 0, 0), row
 

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.service_app import deploy
+from tests.service_app import deploy, replica
 
 CLIENTS, PER_CLIENT, ALLOWED = 50, 10, 5
 TOKENS = {f"client{n:02d}": f"load-token-{n:02d}-0123456789abcdef" for n in range(CLIENTS)}
@@ -52,13 +52,7 @@ async def burst(base: str, tokens: dict[str, str], url: str, tag: str) -> list[t
 
 
 def ingress_rss() -> int:
-    import ray
-    from ray.util.state import list_actors
-
-    address = ray.get_runtime_context().gcs_address
-    actor = next(a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-                 if "rescored#Ingress#" in (a.name or ""))
-    return psutil.Process(actor.pid).memory_info().rss
+    return psutil.Process(replica("Ingress").pid).memory_info().rss
 
 
 def drain(base: str, replies, timeout: float = 120) -> dict[str, dict]:

@@ -18,10 +18,7 @@ import pytest
 
 from rescored_ray.metrics import METRICS
 from tests.metrics_scrape import deltas_when_settled, scrape, value
-from tests.service_app import deploy
-
-TERMINAL = {"completed", "failed", "cancelled"}
-
+from tests.service_app import deploy, wait_for_job
 
 @pytest.fixture(scope="module")
 def service(serve_port, tmp_path_factory):
@@ -32,16 +29,6 @@ def service(serve_port, tmp_path_factory):
     yield client
     client.close()
     serve.delete("rescored")
-
-
-def wait_done(client, job_id, timeout=180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in TERMINAL:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +48,7 @@ def jobs(service, http_server):
     again = submit(http_server.url("chorale.flac"), {"stems": ["bass", "other"]}, priority="high")
     missing = submit(http_server.url("status/404/gone.mp3"), {"separation": "none", "stems": ["mix"]})
     flaky = submit(flaky_url, {"separation": "none", "stems": ["mix"]})
-    finished = {name: wait_done(service, created["job_id"]) for name, created in
+    finished = {name: wait_for_job(service, created["job_id"], timeout=180) for name, created in
                 {"separated": separated, "missing": missing, "flaky": flaky}.items()}
     assert again["deduplicated"] and again["job_id"] == separated["job_id"]
     return {"before": before, "jobs": finished}

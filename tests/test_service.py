@@ -13,10 +13,9 @@ import music21
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.service_app import deploy
+from tests.service_app import deploy, replica_actor, wait_for_job
 
 FAST = {"separation": "none", "stems": ["mix"]}
-TERMINAL = {"completed", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +39,6 @@ def submit(client, url, options=None, priority="default", expect=201):
     return response.json()
 
 
-def wait(client, job_id, statuses=TERMINAL, timeout=120, predicate=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if (predicate(job) if predicate else job["status"] in statuses):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
-
-
 def wait_idle(client, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,7 +53,7 @@ def test_submit_to_score_with_stems(service, http_server):
     created = submit(service, http_server.url("mix.wav"), {"stems": ["other", "bass"]})
     assert created["status"] == "queued" and created["deduplicated"] is False
     assert created["websocket_url"].endswith(f"/api/v1/jobs/{created['job_id']}/stream")
-    job = wait(service, created["job_id"])
+    job = wait_for_job(service, created["job_id"])
     assert job["status"] == "completed", job
     assert [a["outcome"] for a in job["attempts"]] == ["completed"]
     assert job["result"]["stems"] == ["bass", "drums", "other", "vocals"]
@@ -126,11 +115,11 @@ def test_websocket_streams_ordered_progress_to_completed(service, http_server):
 def test_high_priority_starts_before_queued_default_jobs(service, http_server):
     wait_idle(service)
     blocker = submit(service, http_server.url("delay/3/chorale.mp3"), FAST)
-    wait(service, blocker["job_id"], predicate=lambda j: j["status"] == "running")
+    wait_for_job(service, blocker["job_id"], predicate=lambda j: j["status"] == "running")
     a = submit(service, http_server.url("chorale.ogg"), FAST)
     b = submit(service, http_server.url("chorale.opus"), FAST)
     c = submit(service, http_server.url("chorale.m4a"), FAST, priority="high")
-    jobs = {name: wait(service, j["job_id"]) for name, j in {"a": a, "b": b, "c": c}.items()}
+    jobs = {name: wait_for_job(service, j["job_id"]) for name, j in {"a": a, "b": b, "c": c}.items()}
     assert all(j["status"] == "completed" for j in jobs.values())
     started = sorted(jobs, key=lambda name: jobs[name]["started_at"])
     assert started == ["c", "a", "b"]
@@ -142,20 +131,20 @@ def test_duplicates_join_the_existing_job(service, http_server):
     assert again["job_id"] == first["job_id"] and again["deduplicated"] is True
     other = submit(service, http_server.url("chorale.mp3") + "?dup=1", {**FAST, "tempo_override": 90})
     assert other["job_id"] != first["job_id"] and other["deduplicated"] is False
-    wait(service, first["job_id"])
+    wait_for_job(service, first["job_id"])
     assert submit(service, http_server.url("chorale.mp3") + "?dup=1", FAST)["job_id"] == first["job_id"]
-    wait(service, other["job_id"])
+    wait_for_job(service, other["job_id"])
 
 
 def test_permanent_error_fails_once(service, http_server):
-    job = wait(service, submit(service, http_server.url("page.html"), FAST)["job_id"])
+    job = wait_for_job(service, submit(service, http_server.url("page.html"), FAST)["job_id"])
     assert job["status"] == "failed" and len(job["attempts"]) == 1
     assert job["error"]["retryable"] is False and job["error"]["stage"] == "download"
     assert "no media found" in job["error"]["message"]
 
 
 def test_transient_error_retries_with_exponential_backoff(service, http_server):
-    job = wait(service, submit(service, http_server.url("status/503/song.mp3"), FAST)["job_id"], timeout=60)
+    job = wait_for_job(service, submit(service, http_server.url("status/503/song.mp3"), FAST)["job_id"], timeout=60)
     assert job["status"] == "failed" and job["error"]["retryable"] is True
     attempts = job["attempts"]
     assert len(attempts) == 4 and [a["outcome"] for a in attempts] == ["retrying"] * 3 + ["failed"]
@@ -168,12 +157,12 @@ def test_transient_error_retries_with_exponential_backoff(service, http_server):
 def test_cancel_queued_at_once_and_running_at_next_stage(service, http_server):
     wait_idle(service)
     running = submit(service, http_server.url("delay/3/chorale.mp3") + "?c=1", FAST)
-    wait(service, running["job_id"], predicate=lambda j: j["status"] == "running")
+    wait_for_job(service, running["job_id"], predicate=lambda j: j["status"] == "running")
     queued = submit(service, http_server.url("chorale.mp3") + "?c=2", FAST)
     assert service.delete(f"/api/v1/jobs/{queued['job_id']}").json()["status"] == "cancelled"
     reply = service.delete(f"/api/v1/jobs/{running['job_id']}").json()
     assert reply["status"] == "running" and reply["cancel_requested"] is True
-    job = wait(service, running["job_id"])
+    job = wait_for_job(service, running["job_id"])
     assert job["status"] == "cancelled" and job["progress"] < 50
     assert service.get(f"/api/v1/scores/{running['job_id']}").status_code == 404
     assert service.get(f"/api/v1/jobs/{queued['job_id']}").json()["started_at"] is None
@@ -182,23 +171,13 @@ def test_cancel_queued_at_once_and_running_at_next_stage(service, http_server):
 def test_soft_time_limit_stops_the_attempt_and_retries(service, http_server):
     wait_idle(service)
     created = submit(service, http_server.url("delay/26/chorale.mp3"), FAST)
-    job = wait(service, created["job_id"], timeout=60,
+    job = wait_for_job(service, created["job_id"], timeout=60,
                predicate=lambda j: bool(j["attempts"]) and j["attempts"][0]["outcome"] == "retrying")
     first = job["attempts"][0]
     assert first["error"]["type"] == "TimeLimitExceeded" and first["error"]["retryable"] is True
     assert "soft time limit" in first["error"]["message"]
     service.delete(f"/api/v1/jobs/{created['job_id']}")
-    assert wait(service, created["job_id"], timeout=60)["status"] == "cancelled"
-
-
-def _replica_actor(deployment: str):
-    """The one replica's Ray actor, named by the replica itself."""
-    import ray
-    from ray import serve
-
-    handle = serve.get_deployment_handle(deployment, app_name="rescored")
-    name = (handle.status.remote() if deployment == "PipelineWorker" else handle.actor_name.remote()).result()
-    return ray.get_actor(name["actor_name"] if isinstance(name, dict) else name, namespace="serve")
+    assert wait_for_job(service, created["job_id"], timeout=60)["status"] == "cancelled"
 
 
 def test_job_survives_its_worker_dying_mid_separation(service, band_mix, http_server):
@@ -206,9 +185,9 @@ def test_job_survives_its_worker_dying_mid_separation(service, band_mix, http_se
 
     wait_idle(service)
     created = submit(service, http_server.url("mix.wav") + "?crash=1", {"stems": ["other"]})
-    wait(service, created["job_id"], predicate=lambda j: j["current_stage"] == "separation")
-    ray.kill(_replica_actor("PipelineWorker"), no_restart=False)
-    job = wait(service, created["job_id"], timeout=180)
+    wait_for_job(service, created["job_id"], predicate=lambda j: j["current_stage"] == "separation")
+    ray.kill(replica_actor("PipelineWorker"), no_restart=False)
+    job = wait_for_job(service, created["job_id"], timeout=180)
     assert job["status"] == "completed", job
     outcomes = [a["outcome"] for a in job["attempts"]]
     assert outcomes == ["lease_expired", "completed"], outcomes
@@ -221,11 +200,11 @@ def test_ledger_restart_keeps_every_job(service, http_server):
 
     wait_idle(service)
     done = submit(service, http_server.url("chorale.mp3") + "?l=1", FAST)
-    wait(service, done["job_id"])
+    wait_for_job(service, done["job_id"])
     blocker = submit(service, http_server.url("delay/4/chorale.mp3") + "?l=2", FAST)
     queued = submit(service, http_server.url("chorale.mp3") + "?l=3", FAST)
     before = {j: service.get(f"/api/v1/jobs/{j}").json()["status"] for j in (done["job_id"], queued["job_id"])}
-    ray.kill(_replica_actor("Ledger"), no_restart=False)
+    ray.kill(replica_actor("Ledger"), no_restart=False)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -235,8 +214,8 @@ def test_ledger_restart_keeps_every_job(service, http_server):
             pass
         time.sleep(0.5)
     assert service.get(f"/api/v1/jobs/{done['job_id']}").json()["status"] == before[done["job_id"]] == "completed"
-    assert wait(service, queued["job_id"], timeout=120)["status"] == "completed"
-    assert wait(service, blocker["job_id"], timeout=120)["status"] == "completed"
+    assert wait_for_job(service, queued["job_id"], timeout=120)["status"] == "completed"
+    assert wait_for_job(service, blocker["job_id"], timeout=120)["status"] == "completed"
 
 
 def test_fifty_concurrent_submissions_all_accounted_for(service, http_server):
@@ -264,5 +243,5 @@ def test_fifty_concurrent_submissions_all_accounted_for(service, http_server):
     for job_id in ids:
         assert service.get(f"/api/v1/jobs/{job_id}").json()["status"] in ("queued", "running", "completed")
         service.delete(f"/api/v1/jobs/{job_id}")
-    statuses = [wait(service, job_id, timeout=120)["status"] for job_id in ids]
+    statuses = [wait_for_job(service, job_id, timeout=120)["status"] for job_id in ids]
     assert set(statuses) <= {"cancelled", "completed"} and statuses.count("cancelled") >= 45

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +24,7 @@ from rescored_ray.errors import NonRetryableError
 from rescored_ray.netguard import NonPublicAddress, check_url, is_public, networks
 from rescored_ray.source import fetch, parse_source
 from tests.media import MediaServer
-from tests.service_app import deploy
+from tests.service_app import deploy, wait_for_job
 
 OUTSIDE = "127.0.0.2"  # plays a public host
 OUTSIDE_NETWORKS = networks([f"{OUTSIDE}/32"])
@@ -154,15 +153,6 @@ def guarded_service(serve_port, tmp_path_factory):
     serve.delete("rescored")
 
 
-def _wait(client, job_id, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in ("completed", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish")
-
 
 def test_service_refuses_internal_urls_with_400(guarded_service, http_server):
     for url in [http_server.url("chorale.mp3"), "file:///etc/passwd", "http://[::1]:8000/a.mp3",
@@ -176,9 +166,9 @@ def test_service_fails_a_job_redirected_inside_and_runs_a_public_one(guarded_ser
     redirected = guarded_service.post("/api/v1/transcribe", json={"url": outside["redirect"] + "/chorale.mp3"})
     assert redirected.status_code == 201, redirected.text
     direct = guarded_service.post("/api/v1/transcribe", json={"url": outside["media"].url("chorale.flac")})
-    failed = _wait(guarded_service, redirected.json()["job_id"])
+    failed = wait_for_job(guarded_service, redirected.json()["job_id"])
     assert failed["status"] == "failed" and len(failed["attempts"]) == 1
     assert failed["error"]["stage"] == "download" and failed["error"]["retryable"] is False
     assert "non-public address" in failed["error"]["message"]
-    completed = _wait(guarded_service, direct.json()["job_id"])
+    completed = wait_for_job(guarded_service, direct.json()["job_id"])
     assert completed["status"] == "completed" and completed["result"]["n_notes"] > 20

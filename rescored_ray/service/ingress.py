@@ -27,7 +27,7 @@ from rescored_ray.netguard import check_url
 from rescored_ray.service.config import ServiceConfig
 from rescored_ray.service.ledger import ClientLimits, JobRecord, JobStatus, RateLimited, dedup_key
 from rescored_ray.service.serve_logs import route_to_replica_log
-from rescored_ray.source import parse_source
+from rescored_ray.source import parse_source, refuse_playlist
 from rescored_ray.storage import ResultStore
 
 API = "/api/v1"
@@ -201,9 +201,7 @@ class Ingress:
     async def transcribe(self, body: TranscribeRequest, request: Request):
         try:
             source = parse_source(body.source, self.config.pipeline.source.model_copy(update={"allow_local_files": False}))
-            if source.kind == "youtube_playlist":  # other playlists (RSS feeds) are only known after a probe
-                raise NonRetryableError("this URL is a playlist: one job takes one recording; run playlists as "
-                                        "a batch (rescored-ray batch, or Client.batch)", stage="source")
+            refuse_playlist(source, stage="source")
             if source.is_remote and not self.config.security.allow_private_networks:
                 # resolving may block: off the event loop (the download re-checks every hop)
                 await asyncio.to_thread(check_url, source.location, self.config.security.networks)
