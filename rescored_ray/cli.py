@@ -1,27 +1,68 @@
 """Command line: ``rescored-ray transcribe SOURCE -o OUTDIR``.
 
-Built on the same :class:`~rescored_ray.pipeline.Pipeline` and config as the services;
-errors end in one line on stderr and a non-zero exit code (2 for permanent, 1 for
-transient failures, so scripts can decide whether to try again).
+Built on the same :class:`~rescored_ray.pipeline.Pipeline` and settings as the services;
+the per-job flags (``--separation``, ``--stems``, ``--tempo``, ``--key``) come from
+:class:`~rescored_ray.options.JobOptions`. Errors end in one line on stderr and a non-zero
+exit code (2 for permanent, 1 for transient failures, so scripts can decide whether to
+try again).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rescored_ray.config import load_config, options_to_overrides
-from rescored_ray.errors import PipelineError
+from rescored_ray import layout
+from rescored_ray.errors import ConfigError, PipelineError, RescoredError
+from rescored_ray.options import JobOptions, cli_flags
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Recorded music to sheet music.")
 err = Console(stderr=True)
+
+
+def job_option_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """One flag per :class:`JobOptions` field (its declared flag and help); ``command`` gets
+    them together as ``options: JobOptions``."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "options"]
+    flags = []
+    for name, (flag, help_text) in cli_flags().items():
+        annotation = JobOptions.model_fields[name].annotation
+        cli_type = float if annotation is not None and "float" in str(annotation) else str
+        flags.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[cli_type],
+                                       default=typer.Option(None, flag, help=help_text)))
+
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        try:
+            options = JobOptions.from_cli({name: values.pop(name) for name in cli_flags()})
+        except ValueError as exc:
+            _fail(f"error (options, permanent): {' '.join(str(exc).split())}")
+            raise typer.Exit(2) from None
+        command(options=options, **values)
+
+    run.__signature__ = inspect.Signature([*own, *flags])  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in (*own, *flags)}
+    return run
+
+
+def _settings(config: Optional[Path], overrides: dict[str, Any] | None = None) -> Any:
+    """The settings, or one line and exit 2 (a bad file, value or variable)."""
+    from rescored_ray.settings import load_settings
+
+    try:
+        return load_settings(config, overrides=overrides)
+    except ConfigError as exc:
+        _fail(f"error (config, permanent): invalid configuration: {' '.join(exc.message.split())}")
+        raise typer.Exit(2) from None
 
 
 @app.callback()
@@ -31,25 +72,24 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
 
 
 @app.command()
+@job_option_flags
 def transcribe(
     source: str = typer.Argument(..., help="YouTube or other URL, or a local audio file."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for score.musicxml, score.mid, stems/, result.json."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False, help="YAML config."),
-    separation: Optional[str] = typer.Option(None, "--separation", help="Demucs model name, or 'none'."),
-    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to transcribe."),
-    tempo: Optional[float] = typer.Option(None, "--tempo", help="Tempo in BPM instead of estimating it."),
-    key: Optional[str] = typer.Option(None, "--key", help="Key (e.g. Gm, 'E- major') instead of estimating it."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                                          help="Settings file (configs/pipeline.yaml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; print only the result path."),
+    *,
+    options: JobOptions,
 ) -> None:
     """Transcribe one recording into MusicXML + MIDI (+ stems)."""
     from rescored_ray.pipeline import Pipeline
 
-    overrides = options_to_overrides({"separation": separation, "stems": stems, "tempo": tempo, "key": key})
     try:
-        cfg = load_config(config, overrides=overrides)
-    except Exception as exc:
+        cfg = options.apply(_settings(config).pipeline)
+    except ValueError as exc:
         _fail(f"error (config, permanent): invalid configuration: {' '.join(str(exc).split())}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
     pipeline = Pipeline(cfg)
     try:
@@ -69,7 +109,7 @@ def transcribe(
         err.print(summary, highlight=False)
         for warning in result.warnings:
             err.print(f"warning: {warning}", markup=False, highlight=False)
-    typer.echo(result.outputs["musicxml"])
+    typer.echo(str(result.path("musicxml")))
 
 
 def _fail(line: str) -> None:
@@ -77,7 +117,7 @@ def _fail(line: str) -> None:
     typer.echo(line, err=True)
 
 
-def _fail_with(exc: PipelineError) -> None:
+def _fail_with(exc: PipelineError) -> NoReturn:
     kind = "transient" if exc.retryable else "permanent"
     _fail(f"error ({exc.stage}, {kind}): {' '.join(exc.message.split())}")
     raise typer.Exit(1 if exc.retryable else 2)
@@ -101,28 +141,29 @@ def expand(url: str = typer.Argument(..., help="Playlist URL (YouTube playlist, 
 
 
 @app.command()
+@job_option_flags
 def batch(
     sources: list[str] = typer.Argument(..., help="Playlist URLs, URLs, files of URLs (.txt/.csv/.parquet), folders."),
     output: str = typer.Option(..., "--output", "-o", help="Output folder or URI (s3://..., gs://...)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
-                                          help="Batch config (configs/batch.yaml); built-in defaults if omitted."),
-    separation: Optional[str] = typer.Option(None, "--separation", help="Demucs model name, or 'none'."),
-    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to transcribe."),
+                                          help="Settings file (configs/batch.yaml); built-in defaults if omitted."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip entries already completed in the output."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, "
                                           "else a local Ray started for this run)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No Ray Data progress bars."),
+    *,
+    options: JobOptions,
 ) -> None:
     """Transcribe whole playlists with Ray Data; writes per-entry scores and a Parquet manifest."""
-    from rescored_ray.batch import load_batch_config, run_batch
+    from rescored_ray.batch import run_batch
     from rescored_ray.batch.runner import connect
 
-    overrides = {"pipeline": options_to_overrides({"separation": separation, "stems": stems})}
+    cfg = _settings(config)
     try:
-        cfg = load_batch_config(config, overrides=overrides)
-    except Exception as exc:
+        cfg = cfg.model_copy(update={"pipeline": options.apply(cfg.pipeline)})
+    except ValueError as exc:
         _fail(f"error (config, permanent): invalid configuration: {' '.join(str(exc).split())}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     try:
         started_here = connect(cfg, address)
         try:
@@ -151,41 +192,41 @@ SERVICE_OPTION = typer.Option(None, "--service", envvar="RESCORED_SERVICE_URL",
                               help="Service base URL (default http://127.0.0.1:8000).")
 
 
-def _client(service: Optional[str]):
+def _client(service: Optional[str]) -> Any:
     from rescored_ray.client import DEFAULT_URL, Client
 
     return Client(service or DEFAULT_URL)
 
 
-def _service_call(call):
+def _service_call(call: Callable[[], Any]) -> Any:
     """Run an SDK call; service and job errors become one line and an exit code."""
-    from rescored_ray.client import JobCancelled, JobFailed, RescoredError
+    from rescored_ray.errors import JobCancelled
 
     try:
         return call()
-    except JobFailed as exc:
-        _fail(f"error ({exc.stage}, {'transient' if exc.retryable else 'permanent'}): {' '.join(exc.message.split())}")
-        raise typer.Exit(1 if exc.retryable else 2)
     except JobCancelled as exc:
-        _fail(f"cancelled: {exc}")
-        raise typer.Exit(1)
+        _fail(f"cancelled: {exc.message}")
+        raise typer.Exit(1) from None
+    except PipelineError as exc:  # JobFailed: the job's stage and whether to retry
+        _fail_with(exc)
     except (RescoredError, OSError) as exc:
         _fail(f"error (service): {exc}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @app.command()
+@job_option_flags
 def submit(
     url: str = typer.Argument(..., help="Recording URL to transcribe."),
     priority: str = typer.Option("default", "--priority", help="default | high"),
-    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to transcribe."),
     wait: bool = typer.Option(False, "--wait", help="Follow progress until the job ends."),
     service: Optional[str] = SERVICE_OPTION,
+    *,
+    options: JobOptions,
 ) -> None:
     """Submit a URL to a running service; prints the job id (and waits with --wait)."""
     with _client(service) as client:
-        options = {"stems": [s.strip() for s in stems.split(",") if s.strip()]} if stems else {}
-        job = _service_call(lambda: client.submit(url, priority=priority, **options))
+        job = _service_call(lambda: client.submit(url, priority=priority, **options.given()))
         typer.echo(job.id)
         if wait:
             _service_call(lambda: job.wait(progress=sys.stderr.isatty()))
@@ -208,7 +249,7 @@ def download(
     """Save a completed job's score, MIDI, notes and stems into a folder (waits if it is still running)."""
     with _client(service) as client:
         folder = _service_call(lambda: client.get(job_id).download(output))
-        typer.echo(str(folder / "score.musicxml"))
+        typer.echo(str(folder / layout.file("musicxml")))
 
 
 @app.command()
@@ -221,15 +262,15 @@ def serve(
     """Start a local Ray instance and the transcription service; Ctrl-C stops both."""
     import time as _time
 
-    from rescored_ray.service.config import http_options, load_service_config
     from rescored_ray.service.runner import dashboard_url, start_service, stop_service
+    from rescored_ray.settings import serve_http_options
 
-    options = http_options(config)
-    cfg = load_service_config(config)
+    options = serve_http_options(config)
+    cfg = _settings(config)
     base = start_service(cfg, host=host or options.get("host", "127.0.0.1"), port=port or options.get("port", 8000))
     typer.echo(f"rescored-ray service: {base}  (API docs: {base}/docs, queue: {base}/api/v1/queue)")
     typer.echo(f"Ray dashboard: {dashboard_url() or 'not started'}  (token auth: see ~/.ray/auth_token)")
-    typer.echo(f"data: {cfg.data_path}   results: {cfg.results_uri}   Ctrl-C to stop")
+    typer.echo(f"data: {cfg.service.data_path}   results: {cfg.service.results_uri}   Ctrl-C to stop")
     try:
         while True:
             _time.sleep(3600)
@@ -244,16 +285,14 @@ def demo(
     audio: Path = typer.Argument(Path("examples/chorale.mp3"), exists=True, dir_okay=False),
     output: Path = typer.Option(Path("out/demo"), "--output", "-o"),
     config: Optional[Path] = typer.Option(Path("configs/demo.yaml"), "--config", "-c",
-                                          help="Pipeline settings for the demo service."),
+                                          help="Settings of the demo service (configs/demo.yaml)."),
     port: int = typer.Option(8000, "--port"),
 ) -> None:
     """Start the service, submit the bundled example over HTTP, follow it live, save the score."""
-    from rescored_ray.service.config import load_service_config
     from rescored_ray.service.runner import run_demo
 
-    pipeline = load_config(config if config and config.exists() else None)
-    cfg = load_service_config(overrides={"data_dir": str(output.resolve() / "service-data"),
-                                         "pipeline": pipeline.model_dump()})
+    cfg = _settings(config if config and config.exists() else None,
+                    overrides={"service": {"data_dir": str(output.resolve() / "service-data")}})
     try:
         run_demo(cfg, audio.resolve(), output, port, log=typer.echo)
     except Exception as exc:  # one line, non-zero exit, like every other command

@@ -5,10 +5,12 @@
     score = job.result()          # waits with a live progress bar (WebSocket, polling if it drops)
     score                         # in Jupyter: the first page of the sheet music
 
-Errors of the service arrive as exceptions: :class:`JobFailed` (with ``stage`` and
-``retryable``), :class:`JobCancelled`, :class:`ServiceError` for refused requests
-(``status_code`` and the service's message). ``Client.batch`` submits a playlist run as
-a Ray job through the Ray Jobs API and returns a :class:`BatchRun` to follow it.
+Errors of the service arrive as exceptions of :mod:`rescored_ray.errors`:
+:class:`JobFailed` (with ``stage`` and ``retryable``), :class:`JobCancelled`, and a
+:class:`ServiceError` subclass for each ``error.code`` of a refused request
+(:class:`JobNotFound`, :class:`RateLimited`, ...). ``submit``'s keywords are the fields of
+:class:`~rescored_ray.options.JobOptions`. ``Client.batch`` submits a playlist run as a Ray
+job through the Ray Jobs API and returns a :class:`BatchRun` to follow it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,22 @@ from typing import Any, Callable, Iterable
 
 import httpx
 
+from rescored_ray import layout
+from rescored_ray.errors import (
+    BatchFailed,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    RateLimited,
+    RescoredError,
+    ServiceError,
+    service_error,
+)
+from rescored_ray.options import JobOptions
 from rescored_ray.score import Score
+
+__all__ = ["AsyncClient", "AsyncJob", "BatchFailed", "BatchRun", "Client", "Job", "JobCancelled", "JobFailed",
+           "JobNotFound", "RateLimited", "RescoredError", "ServiceError", "submit_batch"]
 
 API = "/api/v1"
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -31,68 +48,24 @@ FINAL_MESSAGES = {"completed", "error", "cancelled"}
 DEFAULT_URL = os.environ.get("RESCORED_SERVICE_URL", "http://127.0.0.1:8000")
 
 
-# -- errors ---------------------------------------------------------------------------------------
-
-class RescoredError(Exception):
-    """Base of every error the SDK raises on purpose."""
-
-
-class ServiceError(RescoredError):
-    """The service refused a request (``status_code`` 4xx/5xx, ``message`` its explanation)."""
-
-    def __init__(self, status_code: int, message: str):
-        super().__init__(f"{status_code}: {message}")
-        self.status_code = status_code
-        self.message = message
-
-
-class JobNotFound(ServiceError):
-    pass
-
-
-class JobFailed(RescoredError):
-    """The job failed: ``stage`` where, ``retryable`` whether a later attempt could succeed."""
-
-    def __init__(self, job_id: str, error: dict | None):
-        error = error or {}
-        self.job_id = job_id
-        self.error = error
-        self.message = error.get("message") or "job failed"
-        self.stage = error.get("stage")
-        self.retryable = bool(error.get("retryable"))
-        kind = "transient" if self.retryable else "permanent"
-        super().__init__(f"job {job_id} failed in {self.stage} ({kind}): {self.message}")
-
-
-class JobCancelled(RescoredError):
-    def __init__(self, job_id: str):
-        super().__init__(f"job {job_id} was cancelled")
-        self.job_id = job_id
-
-
 def _check(response: httpx.Response) -> httpx.Response:
+    """The response, or the exception its ``error.code`` stands for (never guessed from the text)."""
     if response.is_success:
         return response
     try:
-        message = response.json().get("error") or response.text
+        body: Any = response.json()
     except ValueError:
-        message = response.text
-    cls = JobNotFound if response.status_code == 404 and "job not found" in str(message) else ServiceError
-    raise cls(response.status_code, str(message))
+        body = response.text
+    raise service_error(response.status_code, body)
 
 
-def _file_route(job_id: str, name: str) -> str:
-    """Service route of one output file by its name in the job folder."""
-    routes = {"score.musicxml": "", "score.mid": "/midi", "notes.csv": "/notes", "preview.svg": "/preview"}
-    if name in routes:
-        return f"{API}/scores/{job_id}{routes[name]}"
-    if name.startswith("stems/") and name.endswith(".flac"):
-        return f"{API}/scores/{job_id}/stems/{name[len('stems/'):-len('.flac')]}"
-    raise KeyError(f"the service does not serve {name!r}")
+def file_url(job_id: str, file: str) -> str:
+    """Service path of one output file of a job (``stems/bass.flac``), built from the layout."""
+    return f"{API}/scores/{job_id}{layout.route_of(file)}"
 
 
-def _submission(url: str, priority: str, options: dict) -> dict:
-    return {"url": url, "priority": priority, "options": {k: v for k, v in options.items() if v is not None}}
+def _submission(url: str, priority: str, options: dict[str, Any]) -> dict[str, Any]:
+    return {"url": url, "priority": priority, "options": JobOptions.of(options).given()}
 
 
 class _Follower:
@@ -138,11 +111,11 @@ class _Follower:
             self.bar.close()
 
 
-def _outcome(job_id: str, view: dict) -> dict:
+def _outcome(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
     if view["status"] == "failed":
         raise JobFailed(job_id, view.get("error"))
     if view["status"] == "cancelled":
-        raise JobCancelled(job_id)
+        raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
     return view
 
 
@@ -217,7 +190,7 @@ class Job:
     def result(self, timeout: float | None = None, progress: bool = True) -> Score:
         view = self.final or self.wait(timeout=timeout, progress=progress)
         return Score({**(view.get("result") or {}), "job_id": self.id},
-                     lambda name: self.client._get_bytes(_file_route(self.id, name)), job_id=self.id)
+                     lambda name: self.client._get_bytes(file_url(self.id, name)), job_id=self.id)
 
     def download(self, folder: str | os.PathLike, timeout: float | None = None) -> Path:
         """Wait, then save the score, MIDI, notes and stems into ``folder``."""
@@ -240,7 +213,8 @@ class Client:
         return self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + path
 
     def submit(self, url: str, priority: str = "default", **options: Any) -> Job:
-        """Queue one recording; ``options``: stems, separation, tempo_override, key_override."""
+        """Queue one recording; ``options`` are :class:`~rescored_ray.options.JobOptions` fields
+        (separation, stems, tempo_override, key_override)."""
         info = _check(self._http.post(f"{API}/transcribe", json=_submission(url, priority, options))).json()
         return Job(self, info["job_id"], info)
 
@@ -333,12 +307,12 @@ class AsyncJob:
         return collected
 
     async def result(self, timeout: float | None = None, progress: bool = True) -> Score:
-        """Waits, then fetches every file at once (a Score's attributes are plain, not awaitable)."""
+        """Waits, then fetches every file the service serves at once (a Score's attributes are
+        plain, not awaitable)."""
         view = await self.wait(timeout=timeout, progress=progress)
         result = {**(view.get("result") or {}), "job_id": self.id}
-        stems = [s for s in result.get("stems") or [] if s != "mix"]
-        names = ["score.musicxml", "score.mid", "notes.csv", *[f"stems/{s}.flac" for s in stems]]
-        files = await asyncio.gather(*(self.client._get_bytes(_file_route(self.id, n)) for n in names))
+        names = Score.served(result)
+        files = await asyncio.gather(*(self.client._get_bytes(file_url(self.id, n)) for n in names))
         cache = dict(zip(names, files))
         return Score(result, cache.__getitem__, job_id=self.id)
 
@@ -404,9 +378,6 @@ class AsyncClient:
 
 # -- batch runs as Ray jobs -----------------------------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
 def ray_auth_headers() -> dict[str, str]:
     """Ray 2.60 token auth: the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
     token = os.environ.get("RAY_AUTH_TOKEN")
@@ -414,10 +385,6 @@ def ray_auth_headers() -> dict[str, str]:
     if not token and Path(path).is_file():
         token = Path(path).read_text().strip()
     return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-class BatchFailed(RescoredError):
-    pass
 
 
 class BatchRun:
@@ -467,28 +434,27 @@ class BatchRun:
 
 
 def submit_batch(sources: list[str], output: str, *, config: str | None = None, ray_address: str | None = None,
-                 working_dir: str | os.PathLike | None = None, submission_id: str | None = None,
+                 working_dir: str | os.PathLike[str] | None = None, submission_id: str | None = None,
                  env: dict[str, str] | None = None) -> BatchRun:
-    """Run ``jobs/transcribe_playlist.py SOURCES --output OUTPUT`` as a Ray job.
+    """Run ``python -m rescored_ray.batch SOURCES --output OUTPUT`` as a Ray job.
 
     ``ray_address`` is the dashboard's HTTP address (default: RAY_API_SERVER_ADDRESS, else
     http://127.0.0.1:8265); the token comes from the usual Ray places (:func:`ray_auth_headers`).
-    ``working_dir`` (default: this repository) is uploaded, so the cluster runs this code.
+    The cluster runs the rescored-ray it has installed (``cluster.yaml`` installs it on every
+    node); ``working_dir`` (a source checkout) is uploaded instead, to run that code.
     """
     from ray.job_submission import JobSubmissionClient
 
     address = ray_address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265"
     if "://" not in address:  # "127.0.0.1:8265" as Ray prints it: without a scheme Ray reads a GCS address
         address = f"http://{address}"
-    working_dir = Path(working_dir or REPO_ROOT)
-    if not (working_dir / "jobs" / "transcribe_playlist.py").is_file():
-        raise FileNotFoundError(f"{working_dir} has no jobs/transcribe_playlist.py; pass working_dir=<repository>")
-    args = ["python", "jobs/transcribe_playlist.py", *sources, "--output", output, "--quiet"]
+    args = ["python", "-m", "rescored_ray.batch", *sources, "--output", output, "--quiet"]
     if config:
         args += ["--config", str(config)]
     jobs = JobSubmissionClient(address, headers=ray_auth_headers())
-    runtime_env: dict[str, Any] = {"working_dir": str(working_dir)}
+    runtime_env: dict[str, Any] = {"working_dir": str(working_dir)} if working_dir else {}
     if env:
         runtime_env["env_vars"] = dict(env)
-    submission = jobs.submit_job(entrypoint=shlex.join(args), runtime_env=runtime_env, submission_id=submission_id)
+    submission = jobs.submit_job(entrypoint=shlex.join(args), runtime_env=runtime_env or None,
+                                 submission_id=submission_id)
     return BatchRun(jobs, submission, output)

@@ -11,20 +11,27 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rescored_ray.config import PipelineConfig, load_config, options_to_overrides, with_options
+from rescored_ray import layout
+from rescored_ray.config import PipelineConfig
+from rescored_ray.options import JobOptions
 from rescored_ray.score import Score
+
 
 def transcribe(source: str, output_dir: str | Path | None = None, *, config: str | Path | PipelineConfig | None = None,
                progress: bool = True, use_ray: bool | None = None, **options: Any) -> Score:
     """Transcribe ``source`` (URL or local file) and return its :class:`Score`.
 
-    ``output_dir`` keeps the files (a temp folder otherwise); ``use_ray`` defaults to
-    whether Ray is initialised. Raises :class:`~rescored_ray.errors.PipelineError`.
+    ``config`` is the pipeline's settings or a settings file (:mod:`rescored_ray.settings`);
+    ``options`` are :class:`~rescored_ray.options.JobOptions` fields. ``output_dir`` keeps
+    the files (a temp folder otherwise); ``use_ray`` defaults to whether Ray is initialised.
+    Raises :class:`~rescored_ray.errors.PipelineError`.
     """
-    if isinstance(config, PipelineConfig):
-        cfg = with_options(config, options)
-    else:
-        cfg = load_config(config, overrides=options_to_overrides(options))
+    job_options = JobOptions.of(options)
+    if not isinstance(config, PipelineConfig):
+        from rescored_ray.settings import load_settings
+
+        config = load_settings(config).pipeline
+    cfg = job_options.apply(config)
     if use_ray is None:
         try:
             import ray
@@ -78,4 +85,4 @@ def _on_ray(source: str, cfg: PipelineConfig, output_dir: str | Path | None) -> 
 
         for name, data in files.items():
             outputs.write_bytes(Path(output_dir) / name, data)
-    return Score(json.loads(files.get("result.json", b"{}")), files.__getitem__)
+    return Score(json.loads(files.get(layout.file("result"), b"{}")), files.__getitem__)

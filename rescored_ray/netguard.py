@@ -26,7 +26,9 @@ import threading
 import urllib.parse
 from typing import Iterable
 
-from rescored_ray.errors import NonRetryableError
+from rescored_ray.errors import NonPublicAddress, NonRetryableError
+
+__all__ = ["NonPublicAddress", "check_url", "guard_connections", "is_public", "networks", "unguard_connections"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -34,11 +36,6 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 REFUSAL = "resolves to a non-public address"
 """Words every refusal carries: the download stage maps them to a permanent error."""
-
-
-class NonPublicAddress(OSError):
-    """A connection to a non-public address was refused (an OSError, so HTTP libraries
-    report it like any connection failure; :mod:`rescored_ray.source` makes it permanent)."""
 
 
 def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:

@@ -64,7 +64,7 @@ from music21 import (
 )
 
 from rescored_ray.config import NotationConfig
-from rescored_ray.errors import NonRetryableError
+from rescored_ray.errors import NonRetryableError, log_unexpected, unexpected
 from rescored_ray.types import SAMPLE_RATE, Note
 
 __all__ = [
@@ -957,15 +957,16 @@ def notate(
     bass (bass clef, sounding pitch), anything else a piano grand staff split
     at middle C. Never fails on note content (silence gives rests and a
     warning); invalid ``key_override``/``time_signature`` raise
-    :class:`NonRetryableError` with stage ``notation``, and so would any
-    unexpected internal failure (a deterministic bug is not worth retrying).
+    :class:`NonRetryableError` with stage ``notation``; any other failure follows
+    the one rule for unexpected errors (:func:`rescored_ray.errors.unexpected`).
     """
     try:
         return _notate(notes, cfg, audio, sample_rate)
     except NonRetryableError:
         raise
     except Exception as exc:  # noqa: BLE001 - every user-visible failure is a PipelineError
-        raise NonRetryableError(f"notation failed: {exc!r}", stage=STAGE) from exc
+        log_unexpected(exc, STAGE)
+        raise unexpected(exc, STAGE) from exc
 
 
 def _notate(notes, cfg: NotationConfig, audio, sample_rate) -> NotationResult:

@@ -16,23 +16,21 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-from rescored_ray import decode, notation, outputs, source
+from rescored_ray import decode, layout, notation, outputs, source
 from rescored_ray.config import PipelineConfig
-from rescored_ray.errors import NonRetryableError, PipelineError
+from rescored_ray.errors import NonRetryableError, log_unexpected, unexpected
+from rescored_ray.interfaces import Checkpoint, NoteTranscriber, ProgressCallback, StemSeparator
 from rescored_ray.timeline import Timeline, ran_on
 from rescored_ray.transcription import stems_to_transcribe
 from rescored_ray.types import Audio, Note
 
+if TYPE_CHECKING:
+    from rescored_ray.storage import ResultStore
+
 log = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int, str, str], None]
-"""``(percent, stage, message)``; percent only ever grows within a run."""
-
-Checkpoint = Callable[[], None]
-"""Called at stage boundaries and between Demucs chunks; a :class:`PipelineError` it raises
-(a soft time limit, a cancellation) stops the job and reaches the caller unchanged."""
+T = TypeVar("T")
 
 BANDS = {
     "download": (5, 18),
@@ -52,7 +50,8 @@ class PipelineResult:
     title: str | None
     duration_s: float
     output_dir: str
-    outputs: dict[str, str]
+    outputs: list[str]
+    """The files written, relative to ``output_dir`` (see :mod:`rescored_ray.layout`)."""
     n_notes: int
     n_notes_by_stem: dict[str, int]
     key: str
@@ -69,10 +68,14 @@ class PipelineResult:
     notes: list[Note] = field(default_factory=list, repr=False)
     """The cleaned notes behind the score, in seconds (not written to result.json)."""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("notes")
         return data
+
+    def path(self, kind: str, name: str | None = None) -> Path:
+        """Where the file of ``kind`` was written, e.g. ``result.path("musicxml")``."""
+        return Path(self.output_dir) / layout.file(kind, name)
 
 
 class StageProgress:
@@ -96,22 +99,23 @@ class StageProgress:
 class Pipeline:
     """Runs songs through the models it holds; models load once, on first use."""
 
-    def __init__(self, config: PipelineConfig | None = None, *, separator=None, transcriber=None):
+    def __init__(self, config: PipelineConfig | None = None, *, separator: StemSeparator | None = None,
+                 transcriber: NoteTranscriber | None = None):
         self.config = config or PipelineConfig()
         self._separator = separator
         self._transcriber = transcriber
 
     # -- models ---------------------------------------------------------------------------
     @property
-    def separator(self):
-        if self._separator is None and self.config.separation.enabled:
+    def separator(self) -> StemSeparator:
+        if self._separator is None:
             from rescored_ray.separation import Separator
 
             self._separator = Separator(self.config.separation)
         return self._separator
 
     @property
-    def transcriber(self):
+    def transcriber(self) -> NoteTranscriber:
         if self._transcriber is None:
             from rescored_ray.transcription import Transcriber
 
@@ -120,7 +124,9 @@ class Pipeline:
 
     def load_models(self) -> None:
         """Load everything now (service start-up) rather than on the first song."""
-        _ = self.separator, self.transcriber
+        if self.config.separation.enabled:
+            _ = self.separator
+        _ = self.transcriber
 
     # -- one song -------------------------------------------------------------------------
     def run(
@@ -227,29 +233,34 @@ class Pipeline:
         timeline = Timeline() if timeline is None else timeline
         output_dir = Path(output_dir)
         report("musicxml", 0.0, "Generating MusicXML")
+        written: list[str] = []
+
+        def target(kind: str, name: str | None = None) -> Path:
+            written.append(layout.file(kind, name))
+            return output_dir / written[-1]
+
         with timeline.stage("notation"):
             notated = _in_stage("notation", lambda: notation.notate(
                 notes, cfg.notation, audio=audio.samples, sample_rate=audio.sample_rate))
-            written: dict[str, str] = {}
             output_dir.mkdir(parents=True, exist_ok=True)
-            with outputs.atomic_path(output_dir / "score.musicxml") as tmp:
+            score_file = target("musicxml")
+            with outputs.atomic_path(score_file) as tmp:
                 _in_stage("notation", lambda: notation.write_musicxml(notated.score, tmp))
-            written["musicxml"] = str(output_dir / "score.musicxml")
-            with outputs.atomic_path(output_dir / "score.mid") as tmp:
+            with outputs.atomic_path(target("midi")) as tmp:
                 _in_stage("notation", lambda: notation.write_midi(notated.score, tmp))
-            written["midi"] = str(output_dir / "score.mid")
             cleaned = [n for stem_notes in notated.notes.values() for n in stem_notes]
-            written["notes"] = str(outputs.write_notes_csv(output_dir / "notes.csv", cleaned))
+            outputs.write_notes_csv(target("notes"), cleaned)
         report("musicxml", 0.6, "Writing stems and preview")
         warnings = list(notated.warnings)
         with timeline.stage("outputs"):
             if cfg.write_stems and "mix" not in stems:
                 for name, stem in stems.items():
-                    written[f"stem:{name}"] = str(outputs.write_flac(output_dir / "stems" / f"{name}.flac", stem))
+                    outputs.write_flac(target("stems", name), stem)
             if cfg.write_preview:
                 try:
-                    svg = notation.render_svg(output_dir / "score.musicxml")
-                    written["preview"] = str(outputs.write_text(output_dir / "preview.svg", svg))
+                    svg = notation.render_svg(score_file)
+                    outputs.write_text(output_dir / layout.file("preview"), svg)
+                    written.append(layout.file("preview"))
                 except Exception as exc:  # a preview is a convenience, never a reason to fail the job
                     warnings.append(f"preview not rendered: {exc}")
         timings = {k: round(v, 4) for k, v in timeline.seconds().items()}
@@ -259,7 +270,7 @@ class Pipeline:
             title=title,
             duration_s=round(audio.duration_s, 3),
             output_dir=str(output_dir),
-            outputs=written,
+            outputs=[],
             n_notes=notated.n_notes,
             n_notes_by_stem=dict(notated.n_notes_by_stem),
             key=notated.key,
@@ -273,8 +284,8 @@ class Pipeline:
             timeline=timeline.to_list(),
             notes=cleaned,
         )
-        result.outputs["result"] = str(output_dir / "result.json")
-        outputs.write_json(output_dir / "result.json", result.to_dict())
+        result.outputs = sorted([*written, layout.file("result")])
+        outputs.write_json(output_dir / layout.file("result"), result.to_dict())
         return result
 
     @contextmanager
@@ -290,30 +301,28 @@ class Pipeline:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _in_stage(stage: str, call):
-    """Run ``call``; give unexpected exceptions a stage (and treat them as transient)."""
+def _in_stage(stage: str, call: Callable[[], T]) -> T:
+    """Run ``call``; an exception nobody anticipated becomes this stage's error by the one
+    rule of :func:`rescored_ray.errors.unexpected` (retryable, traceback logged once)."""
     try:
         return call()
-    except PipelineError:
-        raise
-    except MemoryError as exc:
-        raise PipelineError(f"out of memory in {stage}", stage=stage, retryable=True) from exc
     except Exception as exc:
-        log.exception("unexpected error in stage %s", stage)
-        raise PipelineError(f"unexpected error in {stage}: {type(exc).__name__}: {exc}", stage=stage,
-                            retryable=True) from exc
+        log_unexpected(exc, stage)
+        error = unexpected(exc, stage)
+        if error is exc:
+            raise
+        raise error from exc
 
 
-def publish(result: PipelineResult, store, prefix: str) -> dict[str, str]:
-    """Upload a finished job's folder to ``store`` under ``prefix``; returns file name -> key.
+def publish(result: PipelineResult, store: ResultStore, prefix: str) -> list[str]:
+    """Upload a finished job's folder to ``store`` under ``prefix``; returns its ``outputs``.
 
-    ``result.json`` is rewritten first so that it names where the files now live
-    (``store.url``), not the worker's temp folder they were written in.
+    ``result.json`` is rewritten first so that its ``output_dir`` names where the files now
+    live (``store.url(prefix)``), not the worker's temp folder they were written in.
     """
     local = Path(result.output_dir)
-    names = {kind: Path(path).relative_to(local).as_posix() for kind, path in result.outputs.items()}
     published = result.to_dict()
     published["output_dir"] = store.url(prefix)
-    published["outputs"] = {kind: store.url(f"{prefix}/{name}") for kind, name in names.items()}
-    outputs.write_json(local / "result.json", published)
-    return store.put_dir(local, prefix)
+    outputs.write_json(local / layout.file("result"), published)
+    store.put_dir(local, prefix)
+    return result.outputs

@@ -13,9 +13,12 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from rescored_ray import outputs
+if TYPE_CHECKING:
+    import pandas as pd
+
+from rescored_ray import layout, outputs
 
 Fetch = Callable[[str], bytes]
 """Returns the bytes of one output file by its name in the job folder (``score.mid``, ``stems/bass.flac``)."""
@@ -24,7 +27,7 @@ Fetch = Callable[[str], bytes]
 class Score:
     """Scores and data of one transcription; files load on first use."""
 
-    def __init__(self, result: Mapping, fetch: Fetch, *, job_id: str | None = None):
+    def __init__(self, result: Mapping[str, Any], fetch: Fetch, *, job_id: str | None = None):
         self.result = dict(result)
         self.job_id = job_id or self.result.get("job_id")
         self._fetch = fetch
@@ -35,42 +38,57 @@ class Score:
     def from_dir(cls, folder: str | Path) -> "Score":
         """A Score of an output folder (``rescored-ray transcribe`` / a batch entry / ``save``)."""
         folder = Path(folder)
-        result_file = folder / "result.json"
+        result_file = folder / layout.file("result")
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         return cls(result, lambda name: (folder / name).read_bytes())
 
+    @staticmethod
+    def served(result: Mapping[str, Any]) -> list[str]:
+        """The files of a job's ``outputs`` that the service serves (all but ``result.json``)."""
+        return [name for name in result.get("outputs") or []
+                if (found := layout.kind_of(name)) is not None and found[0].route is not None]
+
     # -- data ---------------------------------------------------------------------------------
+    @property
+    def outputs(self) -> list[str]:
+        """The files the job wrote (see :mod:`rescored_ray.layout`)."""
+        return list(self.result.get("outputs") or [])
+
     def file(self, name: str) -> bytes:
+        """One output file by its name in the job's folder (``score.mid``, ``stems/bass.flac``)."""
         if name not in self._cache:
             self._cache[name] = self._fetch(name)
         return self._cache[name]
 
+    def output(self, kind: str, name: str | None = None) -> bytes:
+        """The file of ``kind`` (``output("stems", "bass")``)."""
+        return self.file(layout.file(kind, name))
+
     @property
     def musicxml(self) -> str:
-        return self.file("score.musicxml").decode("utf-8")
+        return self.output("musicxml").decode("utf-8")
 
     @property
     def midi(self) -> bytes:
-        return self.file("score.mid")
+        return self.output("midi")
 
     @property
     def stem_names(self) -> list[str]:
         """Stems written as audio (none when the mix was transcribed without separation)."""
-        stems = list(self.result.get("stems") or [])
-        return [] if stems == ["mix"] else stems
+        return list(layout.files_of("stems", self.outputs))
 
     @property
     def stems(self) -> dict[str, bytes]:
         """FLAC bytes of each separated stem."""
-        return {name: self.file(f"stems/{name}.flac") for name in self.stem_names}
+        return {name: self.file(path) for name, path in layout.files_of("stems", self.outputs).items()}
 
     @property
-    def notes(self):
+    def notes(self) -> pd.DataFrame:
         """The cleaned notes behind the score (seconds of the recording): a pandas DataFrame with
         stem, pitch, start_s, end_s, velocity, amplitude."""
         import pandas as pd
 
-        rows = list(csv.DictReader(io.StringIO(self.file("notes.csv").decode("utf-8"))))
+        rows = list(csv.DictReader(io.StringIO(self.output("notes").decode("utf-8"))))
         frame = pd.DataFrame(rows, columns=list(outputs.NOTES_CSV_COLUMNS))
         return frame.astype({"pitch": "int16", "start_s": "float64", "end_s": "float64", "velocity": "int16",
                              "amplitude": "float32"})
@@ -92,19 +110,20 @@ class Score:
         return self.result.get("title")
 
     def save(self, folder: str | Path) -> Path:
-        """Write score.musicxml, score.mid, notes.csv, stems/*.flac and result.json into ``folder``."""
+        """Write every output file (score, MIDI, notes, stems, ...) and result.json into ``folder``."""
         folder = Path(folder)
-        outputs.write_bytes(folder / "score.musicxml", self.musicxml.encode("utf-8"))
-        outputs.write_bytes(folder / "score.mid", self.midi)
-        outputs.write_bytes(folder / "notes.csv", self.file("notes.csv"))
-        for name, data in self.stems.items():
-            outputs.write_bytes(folder / "stems" / f"{name}.flac", data)
-        outputs.write_json(folder / "result.json", self.result)
+        for name in self.served(self.result):
+            outputs.write_bytes(folder / name, self.file(name))
+        outputs.write_json(folder / layout.file("result"), self.result)
         return folder
 
     # -- display ------------------------------------------------------------------------------
     def svg(self, page: int = 1) -> str:
-        """One page of the sheet music as SVG (verovio)."""
+        """One page of the sheet music as SVG: the job's own preview for the first page, else
+        rendered here with verovio (the ``pipeline`` extra)."""
+        preview = layout.file("preview")
+        if page == 1 and preview in self.outputs:
+            return self.file(preview).decode("utf-8")
         from rescored_ray.notation import render_svg
 
         return render_svg(self.musicxml, page=page)

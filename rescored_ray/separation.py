@@ -14,13 +14,14 @@ import os
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from rescored_ray.config import SeparationConfig
-from rescored_ray.errors import NonRetryableError, RetryableError
+from rescored_ray.errors import ModelLoadError, NonRetryableError, RetryableError
+from rescored_ray.interfaces import Checkpoint, FractionCallback
 from rescored_ray.types import Audio
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,7 @@ KNOWN_MODELS = ("htdemucs", "htdemucs_6s", "htdemucs_ft", "demucs_unittest")
 FOUR_STEMS = ["drums", "bass", "other", "vocals"]
 SIX_STEMS = ["drums", "bass", "other", "vocals", "guitar", "piano"]
 
-ProgressFn = Callable[[float], None]
-"""Called with the fraction of the song separated so far (0..1)."""
-
-
-class ModelLoadError(NonRetryableError):
-    """The model's weights cannot be had (offline, missing cache, bad repo folder)."""
+__all__ = ["ModelLoadError", "Separator", "apply_batched", "load_demucs", "random_htdemucs", "resolve_device"]
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -148,8 +144,8 @@ class Separator:
     def separate(
         self,
         audio: Audio,
-        progress: ProgressFn | None = None,
-        checkpoint: Callable[[], None] | None = None,
+        progress: FractionCallback | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> dict[str, Audio]:
         """Split ``audio`` into stems (name -> stereo Audio at the input's rate).
 

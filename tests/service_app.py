@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from rescored_ray.config import _deep_merge
 from rescored_ray.service.app import build_app
-from rescored_ray.service.config import load_service_config
+from rescored_ray.settings import Settings, load_settings, merge
 
-TEST_SETTINGS = {
+TEST_SERVICE = {
     "worker_slots": 1,
     "lease_s": 3.0,
     "heartbeat_s": 0.5,
@@ -18,17 +17,21 @@ TEST_SETTINGS = {
     "limits": {"jobs_per_window": None, "max_active_jobs": None},  # tests submit many jobs from one address
     "separator": {"num_cpus": 0.5},
     "transcriber": {"num_cpus": 0.5},
-    "pipeline": {"separation": {"model": "demucs_unittest", "device": "cpu"}},
 }
+TEST_PIPELINE = {"separation": {"model": "demucs_unittest", "device": "cpu"}}
 
 
-def deploy(data_dir, **overrides):
-    """Run the app as "rescored" on "/" of the session's Serve proxy; returns its config."""
+def deploy(data_dir, pipeline=None, **service) -> Settings:
+    """Run the app as "rescored" on "/" of the session's Serve proxy, with the test settings,
+    ``service`` and ``pipeline`` laid over them; returns the settings."""
     from ray import serve
 
-    config = load_service_config(env={}, overrides=_deep_merge({**TEST_SETTINGS, "data_dir": str(data_dir)}, overrides))
-    serve.run(build_app(config, gpus_available=False), name="rescored", route_prefix="/")
-    return config
+    settings = load_settings(env={}, overrides={
+        "service": merge({**TEST_SERVICE, "data_dir": str(data_dir)}, service),
+        "pipeline": merge(TEST_PIPELINE, pipeline or {}),
+    })
+    serve.run(build_app(settings, gpus_available=False), name="rescored", route_prefix="/")
+    return settings
 
 
 TERMINAL = {"completed", "failed", "cancelled"}

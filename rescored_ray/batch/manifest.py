@@ -18,6 +18,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rescored_ray import layout
 from rescored_ray.storage import ResultStore
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,16 @@ STAGE_SECONDS = ("download", "decode", "separation", "transcription", "notation"
 COMPLETED, FAILED, SKIPPED = "completed", "failed", "skipped"
 DONE = {COMPLETED, SKIPPED}
 """An entry in either state has its score in the output; a re-run leaves it alone."""
+
+
+def output_column(row: layout.Output) -> str:
+    """The manifest column of an output kind: its URL (``musicxml``), or the URLs of a
+    multi-file kind (``stems`` -> ``stem_files``)."""
+    return f"{row.kind.removesuffix('s')}_files" if row.multi else row.kind
+
+
+OUTPUT_COLUMNS = {row.kind: output_column(row) for row in layout.LAYOUT}
+"""Every output kind's column: adding an output to the layout adds its column here."""
 
 SCHEMA = pa.schema(
     [
@@ -50,11 +61,7 @@ SCHEMA = pa.schema(
         ("separation_model", pa.string()),
         ("stems", pa.list_(pa.string())),
         *[(f"{stage}_s", pa.float64()) for stage in STAGE_SECONDS],
-        ("musicxml", pa.string()),
-        ("midi", pa.string()),
-        ("preview", pa.string()),
-        ("result", pa.string()),
-        ("stem_files", pa.list_(pa.string())),
+        *[(output_column(row), pa.list_(pa.string()) if row.multi else pa.string()) for row in layout.LAYOUT],
         ("separation_worker", pa.string()),
         ("transcription_worker", pa.string()),
         ("run_id", pa.string()),
@@ -109,7 +116,7 @@ class Manifest:
     def done(self, rows: dict[str, dict]) -> dict[str, dict]:
         """The entries whose score is really there (a deleted folder runs again)."""
         return {entry_id: row for entry_id, row in rows.items()
-                if row["status"] in DONE and self.store.exists(f"{entry_id}/score.musicxml")}
+                if row["status"] in DONE and self.store.exists(f"{entry_id}/{layout.file('musicxml')}")}
 
     # -- writing --------------------------------------------------------------------------
     def append(self, rows: list[dict]) -> str | None:

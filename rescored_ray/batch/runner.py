@@ -4,8 +4,8 @@
            -> [Basic Pitch: GPU actors] -> [notation + upload: CPU tasks] -> manifest
 
 The stages are the pipeline's own methods (:mod:`rescored_ray.batch.stages`); this
-module only wires them into one streaming Dataset, sizes it from
-:class:`~rescored_ray.batch.config.BatchConfig`, skips entries a previous run
+module only wires them into one streaming Dataset, sizes it from the settings' ``batch``
+section (:class:`~rescored_ray.batch.config.BatchConfig`), skips entries a previous run
 finished, and writes manifest parts as rows come back.
 """
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from rescored_ray import metrics
-from rescored_ray.batch.config import BatchConfig
 from rescored_ray.batch.inputs import BatchEntry, InputFailure, expand_inputs, safe_id
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST, SKIPPED, STAGE_SECONDS, Manifest
 from rescored_ray.errors import PipelineError
+from rescored_ray.settings import Settings
 from rescored_ray.storage import ResultStore
 
 log = logging.getLogger(__name__)
@@ -62,21 +62,21 @@ class BatchSummary:
 def run_batch(
     inputs: list[str],
     output: str,
-    config: BatchConfig | None = None,
+    config: Settings | None = None,
     *,
     resume: bool = True,
     progress_bars: bool = True,
     run_id: str | None = None,
 ) -> BatchSummary:
     """Transcribe every entry of ``inputs`` into ``output`` (a path or pyarrow.fs URI)."""
-    config = config or BatchConfig()
+    config = config or Settings()
     run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     started = time.perf_counter()
     store = ResultStore(output)
     manifest = Manifest(store, run_id)
     summary = BatchSummary(run_id=run_id, output=store.url(), manifest=store.url(MANIFEST))
 
-    entries, input_failures = expand_inputs(inputs, config.pipeline.source, config.max_playlist_entries)
+    entries, input_failures = expand_inputs(inputs, config.pipeline.source, config.batch.max_playlist_entries)
     done = manifest.done(manifest.load()) if resume else {}
     to_run = [entry for entry in entries if entry.id not in done]
     early_rows = [_skipped_row(done[entry.id], entry, run_id) for entry in entries if entry.id in done]
@@ -97,7 +97,7 @@ def run_batch(
     return summary
 
 
-def _stream(entries: list[BatchEntry], config: BatchConfig, store: ResultStore, manifest: Manifest,
+def _stream(entries: list[BatchEntry], config: Settings, store: ResultStore, manifest: Manifest,
             summary: BatchSummary, progress_bars: bool) -> None:
     dataset = build_dataset(entries, config, store.url(), manifest.run_id, progress_bars=progress_bars)
     buffer: list[dict] = []
@@ -108,7 +108,8 @@ def _stream(entries: list[BatchEntry], config: BatchConfig, store: ResultStore, 
             buffer.append(row)
             _count(summary, row)
             _record_entry(row)
-            if len(buffer) >= config.manifest_flush_rows or time.monotonic() - last_flush >= config.manifest_flush_s:
+            flush = config.batch
+            if len(buffer) >= flush.manifest_flush_rows or time.monotonic() - last_flush >= flush.manifest_flush_s:
                 manifest.append(buffer)
                 buffer, last_flush = [], time.monotonic()
     except Exception as exc:
@@ -131,7 +132,7 @@ def _pipeline_error_in(exc: BaseException) -> PipelineError | None:
     return None
 
 
-def build_dataset(entries: list[BatchEntry], config: BatchConfig, output_uri: str, run_id: str,
+def build_dataset(entries: list[BatchEntry], config: Settings, output_uri: str, run_id: str,
                   *, progress_bars: bool = True):
     """The streaming Dataset of one run (lazy: nothing runs until it is iterated)."""
     import ray
@@ -144,22 +145,23 @@ def build_dataset(entries: list[BatchEntry], config: BatchConfig, output_uri: st
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress_bars
     context.raise_original_map_exception = True  # a stage's PipelineError reaches us as itself
-    if config.object_store_memory:
+    batch = config.batch
+    if batch.object_store_memory:
         context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
-            object_store_memory=config.object_store_memory)
+            object_store_memory=batch.object_store_memory)
     gpus_available = ray.cluster_resources().get("GPU", 0) > 0
     settings = config.model_dump_json()  # one string for every task and actor (they parse it once per process)
 
     # one entry per block: entries stream one by one, and a long playlist never sits in memory as audio
     dataset = ray.data.from_items([entry.to_row() for entry in entries], override_num_blocks=len(entries))
-    dataset = dataset.map(acquire_audio, fn_kwargs={"config": settings}, num_cpus=config.download.num_cpus,
-                          compute=TaskPoolStrategy(size=config.download.concurrency))
+    dataset = dataset.map(acquire_audio, fn_kwargs={"config": settings}, num_cpus=batch.download.num_cpus,
+                          compute=TaskPoolStrategy(size=batch.download.concurrency))
     model_stages = [("transcriber", TranscribeStems)]
     if config.pipeline.separation.enabled:
         model_stages.insert(0, ("separator", SeparateStems))
     for name, stage in model_stages:
-        options = getattr(config, name)
-        gpus = config.gpus_for(name, gpus_available)
+        options = getattr(batch, name)
+        gpus = options.gpus(name, gpus_available)
         dataset = dataset.map_batches(
             stage,
             fn_constructor_kwargs={"config": settings},
@@ -170,7 +172,7 @@ def build_dataset(entries: list[BatchEntry], config: BatchConfig, output_uri: st
             compute=ActorPoolStrategy(min_size=options.min_actors, max_size=max(options.min_actors, options.max_actors)),
         )
     return dataset.map(write_score, fn_kwargs={"config": settings, "output_uri": output_uri, "run_id": run_id},
-                       num_cpus=config.notation.num_cpus, compute=TaskPoolStrategy(size=config.notation.concurrency))
+                       num_cpus=batch.notation.num_cpus, compute=TaskPoolStrategy(size=batch.notation.concurrency))
 
 
 def _count(summary: BatchSummary, row: dict) -> None:
@@ -206,15 +208,16 @@ def _input_failure_row(failure: InputFailure, run_id: str) -> dict:
             "attempts": 1, "run_id": run_id}
 
 
-def required_cpus(config: BatchConfig) -> float:
+def required_cpus(config: Settings) -> float:
     """Logical CPUs the run needs at its widest: every actor plus one task of each CPU stage."""
-    actors = sum(getattr(config, name).max_actors * getattr(config, name).num_cpus
+    batch = config.batch
+    actors = sum(getattr(batch, name).max_actors * getattr(batch, name).num_cpus
                  for name in ("separator", "transcriber")
                  if name == "transcriber" or config.pipeline.separation.enabled)
-    return actors + config.download.num_cpus + config.notation.num_cpus
+    return actors + batch.download.num_cpus + batch.notation.num_cpus
 
 
-def connect(config: BatchConfig, address: str | None = None) -> bool:
+def connect(config: Settings, address: str | None = None) -> bool:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray sized for
     the run. Returns whether this call started Ray (and so should shut it down).
 

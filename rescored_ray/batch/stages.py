@@ -22,12 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rescored_ray import logs, metrics
-from rescored_ray.batch.config import BatchConfig
-from rescored_ray.batch.manifest import COLUMNS, COMPLETED, FAILED, STAGE_SECONDS
+from rescored_ray import layout, logs, metrics
+from rescored_ray.batch.manifest import COLUMNS, COMPLETED, FAILED, OUTPUT_COLUMNS, STAGE_SECONDS
 from rescored_ray.errors import PipelineError
 from rescored_ray.pipeline import Pipeline, publish
 from rescored_ray.retry import call_with_retries
+from rescored_ray.settings import Settings
 from rescored_ray.storage import ResultStore
 from rescored_ray.timeline import Timeline
 from rescored_ray.types import SAMPLE_RATE, Audio, Note
@@ -41,22 +41,23 @@ NOTE_FIELDS = ("note_start", "note_end", "note_pitch", "note_velocity", "note_am
 
 
 @functools.lru_cache(maxsize=4)
-def _task_context(settings: str, output_uri: str | None = None) -> tuple[BatchConfig, Pipeline, ResultStore | None]:
-    """Config, pipeline and store of a CPU task, built once per worker process, not once per row."""
-    config = BatchConfig.model_validate_json(settings)
+def _task_context(settings: str, output_uri: str | None = None) -> tuple[Settings, Pipeline, ResultStore | None]:
+    """Settings, pipeline and store of a CPU task, built once per worker process, not once per row."""
+    config = Settings.model_validate_json(settings)
     return config, Pipeline(config.pipeline), ResultStore(output_uri) if output_uri else None
 
 
-def _retrying(cfg: BatchConfig, row: dict, call: Callable[[], Any]) -> Any:
-    result, attempts = call_with_retries(call, max_retries=cfg.max_retries, base_s=cfg.backoff_base_s,
-                                         max_s=cfg.backoff_max_s)
+def _retrying(cfg: Settings, row: dict[str, Any], call: Callable[[], Any]) -> Any:
+    batch = cfg.batch
+    result, attempts = call_with_retries(call, max_retries=batch.max_retries, base_s=batch.backoff_base_s,
+                                         max_s=batch.backoff_max_s)
     row["attempts"] = max(int(row.get("attempts") or 1), attempts)
     return result
 
 
-def _fail(row: dict, exc: PipelineError) -> dict:
+def _fail(row: dict[str, Any], exc: PipelineError) -> dict[str, Any]:
     row.update(status=FAILED, error=str(exc), retryable=bool(exc.retryable), stage=exc.stage,
-               attempts=max(int(row.get("attempts") or 1), getattr(exc, "attempts", 1)))
+               attempts=max(int(row.get("attempts") or 1), exc.attempts))
     log.warning("entry %s failed in %s (%s): %s", row.get("id"), exc.stage,
                 "transient" if exc.retryable else "permanent", exc)
     return row
@@ -128,7 +129,7 @@ class _ModelStage:
 
     def __init__(self, config: str):
         logs.install()
-        self.cfg = BatchConfig.model_validate_json(config)
+        self.cfg = Settings.model_validate_json(config)
         self.pipeline = Pipeline(self.cfg.pipeline)
         self.worker = _worker_label()
         self.init_error: PipelineError | None = None
@@ -166,7 +167,10 @@ class SeparateStems(_ModelStage):
     """Demucs, loaded once per actor; every stem of the song goes into the row."""
 
     def load(self) -> None:
-        self.separator = self.pipeline.separator
+        from rescored_ray.separation import Separator
+
+        self.separator = Separator(self.cfg.pipeline.separation)
+        self.pipeline = Pipeline(self.cfg.pipeline, separator=self.separator)
 
     def model_name(self) -> str:
         return self.cfg.pipeline.separation.model
@@ -227,25 +231,32 @@ def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
             with pipeline.workdir(str(row["id"])) as workdir:
                 result = pipeline.write(str(row["id"]), row["url"], row.get("title"), audio, stems, notes,
                                         workdir / "out", timeline=timeline)
-                keys = publish(result, store, str(row["id"]))
-            return result, keys
+                files = publish(result, store, str(row["id"]))
+            return result, files
 
         try:
-            result, keys = _retrying(cfg, row, attempt)
+            result, files = _retrying(cfg, row, attempt)
         except PipelineError as exc:
             _fail(row, exc)
         else:
-            urls = {name: store.url(key) for name, key in keys.items()}
+            row.update(output_urls(store, str(row["id"]), files))
             row.update(
                 status=COMPLETED, n_notes=result.n_notes, key=result.key, tempo_bpm=result.tempo_bpm,
                 time_signature=result.time_signature, separation_model=result.separation_model,
-                stems=result.stems, musicxml=urls.get("score.musicxml"), midi=urls.get("score.mid"),
-                preview=urls.get("preview.svg"), result=urls.get("result.json"),
-                stem_files=sorted(url for name, url in urls.items() if name.startswith("stems/")),
+                stems=result.stems,
                 notation_s=round(timeline.seconds().get("notation", 0.0), 4),
                 outputs_s=round(timeline.seconds().get("outputs", 0.0), 4),
             )
     return manifest_row(row, run_id)
+
+
+def output_urls(store: ResultStore, entry_id: str, files: list[str]) -> dict[str, Any]:
+    """The manifest's output columns of one entry: each kind's URL, a multi-file kind's URLs."""
+    columns: dict[str, Any] = {}
+    for row in layout.LAYOUT:
+        urls = [store.url(f"{entry_id}/{path}") for path in layout.files_of(row.kind, files).values()]
+        columns[OUTPUT_COLUMNS[row.kind]] = urls if row.multi else (urls[0] if urls else None)
+    return columns
 
 
 def manifest_row(row: dict, run_id: str) -> dict:

@@ -1,8 +1,9 @@
 """Assembling the Serve application: ledger, model deployments, worker slots, ingress.
 
-``build_app(config)`` is what ``rescored-ray serve`` runs; ``app_builder`` is the
+``build_app(settings)`` is what ``rescored-ray serve`` runs; ``app_builder`` is the
 import path for ``serve run``/``serve deploy`` (``rescored_ray.service.app:app_builder``
-with ``args: {config: configs/serve.yaml}``).
+with the settings under ``args.rescored``, or ``args: {config: configs/serve.yaml}``).
+Every deployment gets the resolved settings: the environment was read here, once.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from typing import Any
 
 from ray.serve import Application
 
-from rescored_ray.service.config import DeploymentOptions, ServiceConfig, load_service_config
+from rescored_ray.service.config import DeploymentOptions
 from rescored_ray.service.ingress import Ingress
 from rescored_ray.service.ledger_deployment import LedgerDeployment
 from rescored_ray.service.models import SeparatorDeployment, TranscriberDeployment
 from rescored_ray.service.worker import PipelineWorker
+from rescored_ray.settings import Settings, load_settings
 
 
 def _gpus_available() -> bool:
@@ -36,21 +38,22 @@ def _model_options(options: DeploymentOptions, num_gpus: float, logging_config: 
     return scaling
 
 
-def build_app(config: ServiceConfig, gpus_available: bool | None = None) -> Application:
+def build_app(settings: Settings, gpus_available: bool | None = None) -> Application:
     gpus = _gpus_available() if gpus_available is None else gpus_available
-    data = config.model_dump()
-    logging_config = {"encoding": config.log_encoding}  # JSON: each line carries rescored_job_id/_stage
+    service, pipeline = settings.service, settings.pipeline
+    data = settings.model_dump()
+    logging_config = {"encoding": service.log_encoding}  # JSON: each line carries rescored_job_id/_stage
     ledger = LedgerDeployment.options(ray_actor_options={"num_cpus": 0}, logging_config=logging_config).bind(data)
     separator = None  # a service for solo recordings (separation: none) deploys no Demucs at all
-    if config.pipeline.separation.enabled:
+    if pipeline.separation.enabled:
         separator = SeparatorDeployment.options(
-            **_model_options(config.separator, config.gpus_for("separator", gpus), logging_config)
-        ).bind(config.pipeline.separation.model_dump())
+            **_model_options(service.separator, service.separator.gpus("separator", gpus), logging_config)
+        ).bind(pipeline.separation.model_dump())
     transcriber = TranscriberDeployment.options(
-        **_model_options(config.transcriber, config.gpus_for("transcriber", gpus), logging_config)
-    ).bind(config.pipeline.transcription.model_dump())
+        **_model_options(service.transcriber, service.transcriber.gpus("transcriber", gpus), logging_config)
+    ).bind(pipeline.transcription.model_dump())
     worker = PipelineWorker.options(
-        num_replicas=config.worker_slots, ray_actor_options={"num_cpus": config.worker_num_cpus},
+        num_replicas=service.worker_slots, ray_actor_options={"num_cpus": service.worker_num_cpus},
         logging_config=logging_config,
     ).bind(data, ledger, separator, transcriber)
     return Ingress.options(ray_actor_options={"num_cpus": 0}, logging_config=logging_config).bind(data, ledger, worker)
@@ -60,5 +63,5 @@ def app_builder(args: dict[str, Any]) -> Application:
     """Import path for ``serve run configs/serve.yaml`` (settings in ``args.rescored``), or
     ``serve run rescored_ray.service.app:app_builder config=path.yaml``."""
     if "rescored" in args:
-        return build_app(load_service_config(document=args))
-    return build_app(load_service_config(args.get("config")))
+        return build_app(load_settings(document=args))
+    return build_app(load_settings(args.get("config")))

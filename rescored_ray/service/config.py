@@ -1,33 +1,23 @@
-"""Settings of the Ray Serve service: data dir, worker slots, time limits, deployments.
+"""The service's settings (the ``service`` section of :class:`~rescored_ray.settings.Settings`).
 
-The pipeline's own settings (:class:`~rescored_ray.config.PipelineConfig`) sit under
-``pipeline:``; the service adds what only a long-running, multi-user process needs.
-Environment variables override both: ``RESCORED_DATA_DIR``, ``RESCORED_WORKER_SLOTS``,
-``RESCORED_ALLOW_PRIVATE_NETWORKS=1`` for the service, ``RESCORED_SEPARATION_MODEL``
-and friends for the pipeline.
+What only a long-running, multi-user process needs: data dir, worker slots, time limits,
+security, limits and the model deployments' resources. The pipeline's settings are the
+root's ``pipeline`` section; files and ``RESCORED_SERVICE__<FIELD>`` variables override
+both (:mod:`rescored_ray.settings`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Mapping
+from pydantic import Field, field_validator
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from rescored_ray.config import PipelineConfig, _deep_merge, env_overrides, gpu_share, read_yaml_mapping
-from rescored_ray.netguard import networks
+from rescored_ray.config import ModelResources, Section
+from rescored_ray.netguard import Network, networks
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DeploymentOptions(_Section):
+class DeploymentOptions(ModelResources):
     """Resources and autoscaling of one model deployment."""
 
-    num_gpus: float | None = Field(None, ge=0, description="None = the default share when GPUs exist, else 0.")
     num_cpus: float = Field(1.0, ge=0)
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
@@ -35,7 +25,7 @@ class DeploymentOptions(_Section):
     max_ongoing_requests: int = Field(4, ge=1)
 
 
-class SecurityConfig(_Section):
+class SecurityConfig(Section):
     allow_private_networks: bool = Field(False, description="Accept loopback/private-range URLs (tests, intranets).")
     allowed_networks: list[str] = Field(
         default_factory=list,
@@ -50,10 +40,10 @@ class SecurityConfig(_Section):
     api_tokens: dict[str, str] = Field(
         default_factory=dict,
         description="Client name -> bearer token. When set, every /api/v1 call needs a token, and a client "
-                    "sees only its own jobs. Env: RESCORED_API_TOKENS='{alice: token1, bob: token2}'.")
+                    "sees only its own jobs. Env: RESCORED_SERVICE__SECURITY__API_TOKENS='{alice: token1, bob: token2}'.")
 
     @property
-    def networks(self):
+    def networks(self) -> tuple[Network, ...]:
         return networks(self.allowed_networks)
 
     @field_validator("api_tokens")
@@ -67,7 +57,7 @@ class SecurityConfig(_Section):
         return value
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(Section):
     """Per-client limits (a client: its API token's name, else its address). null switches one off."""
 
     jobs_per_window: int | None = Field(10, ge=1, description="New jobs per client per window (429 beyond).")
@@ -76,7 +66,7 @@ class LimitsConfig(_Section):
     max_body_bytes: int = Field(16 * 1024, ge=256, description="Largest request body (413 beyond).")
 
 
-class ServiceConfig(_Section):
+class ServiceConfig(Section):
     """Everything ``rescored-ray serve`` needs; one file, ``configs/serve.yaml``."""
 
     data_dir: str = Field("~/.rescored", description="Ledger database, temp dirs and (by default) results.")
@@ -100,9 +90,8 @@ class ServiceConfig(_Section):
                               description="Serve log format; JSON carries rescored_job_id/rescored_stage fields.")
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    separator: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_gpus=None))
-    transcriber: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_gpus=None))
-    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    separator: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    transcriber: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
     @property
     def data_path(self) -> Path:
@@ -112,66 +101,3 @@ class ServiceConfig(_Section):
     def results_uri(self) -> str:
         return self.storage_uri or str(self.data_path / "results")
 
-    def gpus_for(self, name: str, gpus_available: bool) -> float:
-        """The deployment's GPU share: configured, else 0.5 (Demucs) / 0.25 (Basic Pitch) on GPU nodes."""
-        return gpu_share(name, getattr(self, name).num_gpus, gpus_available)
-
-
-SERVICE_ENV = {
-    "RESCORED_DATA_DIR": ("data_dir",),
-    "RESCORED_STORAGE_URI": ("storage_uri",),
-    "RESCORED_WORKER_SLOTS": ("worker_slots",),
-    "RESCORED_ALLOW_PRIVATE_NETWORKS": ("security", "allow_private_networks"),
-    "RESCORED_SOFT_TIME_LIMIT_S": ("soft_time_limit_s",),
-    "RESCORED_HARD_TIME_LIMIT_S": ("hard_time_limit_s",),
-    "RESCORED_API_TOKENS": ("security", "api_tokens"),
-    "RESCORED_RATE_LIMIT_JOBS": ("limits", "jobs_per_window"),
-}
-
-
-def service_section(document: Mapping[str, Any]) -> dict:
-    """Our settings inside a Serve config file (``applications[0].args.rescored``),
-    or a plain settings mapping (optionally under ``rescored:``)."""
-    if not isinstance(document, Mapping):
-        raise ValueError("service config must be a mapping")
-    if "applications" in document:
-        for application in document["applications"] or []:
-            args = application.get("args") or {}
-            if "rescored" in args:
-                return dict(args["rescored"] or {})
-        return {}
-    return dict(document.get("rescored", document))
-
-
-def http_options(path: str | os.PathLike | None) -> dict:
-    """``http_options`` of a Serve config file (host/port), if it has any."""
-    if path is None:
-        return {}
-    document = yaml.safe_load(Path(path).read_text()) or {}
-    return dict(document.get("http_options") or {}) if isinstance(document, Mapping) else {}
-
-
-def load_service_config(
-    path: str | os.PathLike | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    env: Mapping[str, str] | None = None,
-    *,
-    document: Mapping[str, Any] | None = None,
-) -> ServiceConfig:
-    """Defaults, then the YAML file (or an already-parsed ``document``), then environment
-    variables, then ``overrides``."""
-    env = os.environ if env is None else env
-    data: dict = service_section(document) if document is not None else {}
-    if path is not None:
-        data = service_section(read_yaml_mapping(path))
-    from_env: dict = {"pipeline": env_overrides(env)}
-    for name, field_path in SERVICE_ENV.items():
-        if name in env:
-            node = from_env
-            for part in field_path[:-1]:
-                node = node.setdefault(part, {})
-            node[field_path[-1]] = yaml.safe_load(env[name]) if env[name] != "" else None
-    data = _deep_merge(data, from_env)
-    if overrides:
-        data = _deep_merge(data, overrides)
-    return ServiceConfig.model_validate(data)

@@ -4,35 +4,54 @@ The ingress only validates, deduplicates and records: jobs go into the ledger an
 workers pick them up. Everything it returns comes from the ledger and the results
 store, so any ingress replica on any node answers for any job. It also serves the
 status page at ``/`` (plain HTML/JS in ``static/``, no build step).
-"""
 
+Every refusal is a :class:`~rescored_ray.errors.ServiceError` answered as
+``{"error": {"code": ..., "message": ...}}``; the result files are served from the
+output layout (:mod:`rescored_ray.layout`), so a new kind of output needs no new route.
+"""
 
 import asyncio
 import datetime as dt
 import hmac
-import json
-import re
+import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rescored_ray.errors import NonRetryableError
+from rescored_ray import layout
+from rescored_ray.errors import (
+    SERVICE_ERRORS,
+    Forbidden,
+    InternalError,
+    InvalidRequest,
+    JobNotFound,
+    LengthRequired,
+    MethodNotAllowed,
+    NonRetryableError,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceError,
+    Unauthorized,
+)
 from rescored_ray.netguard import check_url
-from rescored_ray.service.config import ServiceConfig
-from rescored_ray.service.ledger import ClientLimits, JobRecord, JobStatus, RateLimited, dedup_key
+from rescored_ray.options import JobOptions
+from rescored_ray.service.ledger import ClientLimits, JobEvent, JobRecord, JobStatus, dedup_key
 from rescored_ray.service.serve_logs import route_to_replica_log
+from rescored_ray.settings import Settings
 from rescored_ray.source import parse_source, refuse_playlist
 from rescored_ray.storage import ResultStore
 
+log = logging.getLogger(__name__)
+
 API = "/api/v1"
 FINAL_EVENTS = {"completed", "error", "cancelled"}
-STEM_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 HEARTBEAT_S = 30.0
 STATIC = Path(__file__).with_name("static")
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -40,14 +59,6 @@ OPEN_PATHS = ("/", "/livez", "/healthz", "/docs", "/docs/oauth2-redirect", "/red
 
 app = FastAPI(title="rescored-ray", version="0.1.0",
               description="Recorded music to sheet music: submit a URL, follow progress, download the score.")
-
-
-class JobOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    stems: list[str] | None = Field(None, max_length=8)
-    separation: str | None = Field(None, max_length=64, description="Deployed Demucs model name, or 'none'.")
-    tempo_override: float | None = Field(None, gt=0, le=400)
-    key_override: str | None = Field(None, max_length=32)
 
 
 class TranscribeRequest(BaseModel):
@@ -72,8 +83,9 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat() if ts else None
 
 
-def _error(status: int, message: str, **extra) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message, **extra})
+def _answer(error: ServiceError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The response for a refusal: ``{"error": {"code", "message"}, ...details}``."""
+    return JSONResponse(status_code=error.status_code, content=error.body(), headers=headers)
 
 
 def client_of(headers, query_params, peer: str | None, tokens: dict[str, str]) -> str | None:
@@ -98,43 +110,61 @@ async def _guard_requests(request: Request, call_next):
     length = request.headers.get("content-length")
     if request.method in ("POST", "PUT", "PATCH"):
         if length is None:
-            return _error(411, "a Content-Length header is required")
+            return _answer(LengthRequired("a Content-Length header is required"))
         if not length.isdigit() or int(length) > limits.max_body_bytes:
-            return _error(413, f"request body over {limits.max_body_bytes} bytes")
+            return _answer(PayloadTooLarge(f"request body over {limits.max_body_bytes} bytes"))
     path = request.url.path
     if path in OPEN_PATHS or path.startswith("/static/"):
         return await call_next(request)
     client = client_of(request.headers, request.query_params, request.client.host if request.client else None, tokens)
     if client is None:
-        return JSONResponse(status_code=401, content={"error": "a valid API token is required"},
-                            headers={"WWW-Authenticate": "Bearer"})
+        return _answer(Unauthorized("a valid API token is required"), headers={"WWW-Authenticate": "Bearer"})
     request.state.client_id = client
     return await call_next(request)
 
 
+@app.exception_handler(ServiceError)
+async def _refused(request: Request, exc: ServiceError) -> JSONResponse:
+    """Every refusal, raised anywhere (a route, the ledger through Ray), answered one way."""
+    if isinstance(exc, RateLimited):  # 429: when to try again, for people and for HTTP clients
+        seconds = int(exc.retry_after_s + 0.999)
+        return _answer(RateLimited(exc.message, seconds, retry_after_seconds=seconds),
+                       headers={"Retry-After": str(seconds)})
+    return _answer(exc)
+
+
 @app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException):
-    """Unknown routes and methods answer like every other error: ``{"error": ...}``."""
-    return _error(exc.status_code, str(exc.detail).lower() if exc.detail else "error",
-                  **({} if exc.status_code != 405 else {"allowed": exc.headers.get("allow") if exc.headers else None}))
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown routes and methods answer like every other error."""
+    message = str(exc.detail).lower() if exc.detail else "error"
+    if exc.status_code == 405:
+        return _answer(MethodNotAllowed(message, allowed=exc.headers.get("allow") if exc.headers else None))
+    cls = next((c for c in SERVICE_ERRORS.values() if c.status == exc.status_code), NotFound)
+    return _answer(cls(message, status_code=exc.status_code))
 
 
 @app.exception_handler(RequestValidationError)
-async def _invalid_body(request: Request, exc: RequestValidationError):
+async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-    return _error(400, f"invalid request: {where + ': ' if where else ''}{first.get('msg', 'malformed body')}")
+    return _answer(InvalidRequest(f"invalid request: {where + ': ' if where else ''}"
+                                  f"{first.get('msg', 'malformed body')}"))
 
 
-def _final_event(job):
-    from rescored_ray.service.ledger import JobEvent
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug answers 500 with a code too; its traceback is logged once, here."""
+    log.error("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
+    return _answer(InternalError(f"internal error: {type(exc).__name__}"))
 
+
+def _final_event(job: JobRecord) -> JobEvent:
     kind = {"completed": "completed", "failed": "error", "cancelled": "cancelled"}[job.status.value]
     data = {"result": job.result} if kind == "completed" else {"error": job.error} if kind == "error" else {}
     return JobEvent(job_id=job.job_id, seq=0, type=kind, data=data, at=job.updated_at)
 
 
-def _message(job_id: str, event) -> dict:
+def _message(job_id: str, event: JobEvent) -> dict[str, Any]:
     """A ledger event as the Celery design's WebSocket message."""
     message = {"type": event.type, "job_id": job_id, "timestamp": _iso(event.at)}
     data = event.data or {}
@@ -168,25 +198,41 @@ def job_timeline(job: JobRecord) -> list[dict]:
     return spans
 
 
-def _span(stage: str, attempt: int, started: float, ended: float | None, workers, ok: bool | None = True) -> dict:
+def _span(stage: str, attempt: int, started: float, ended: float | None, workers: list[dict[str, Any]] | None,
+          ok: bool | None = True) -> dict[str, Any]:
     return {"stage": stage, "attempt": attempt, "started_at": _iso(started), "ended_at": _iso(ended),
             "seconds": round(ended - started, 3) if ended is not None else None, "ok": ok, "workers": workers}
 
 
-def _public_result(result: dict | None) -> dict | None:
+def _files(job: JobRecord, base: str) -> list[dict[str, Any]]:
+    """The completed job's downloads, from the layout: kind, name, media type and URL of each."""
+    if job.status != JobStatus.COMPLETED or not job.result:
+        return []
+    files = []
+    for path in job.result.get("outputs") or []:
+        found = layout.kind_of(path)
+        if found is not None and found[0].route is not None:
+            row, name = found
+            files.append({"kind": row.kind, "name": name or None, "file": path, "media_type": row.media_type,
+                          "url": f"{base}{API}/scores/{job.job_id}{layout.route_of(path)}"})
+    return files
+
+
+def _public_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
     if not result:
         return None
     keep = ("title", "duration_s", "n_notes", "n_notes_by_stem", "key", "tempo_bpm", "time_signature",
-            "separation_model", "stems", "timings", "warnings", "time_offset_s")
+            "separation_model", "stems", "timings", "warnings", "time_offset_s", "outputs")
     return {k: result.get(k) for k in keep if k in result}
 
 
 @serve.deployment(name="Ingress", num_replicas=1, max_ongoing_requests=200)
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, config: dict, ledger, worker):
+    def __init__(self, settings: dict[str, Any], ledger: Any, worker: Any):
         route_to_replica_log()
-        self.config = ServiceConfig.model_validate(config)
+        resolved = Settings.model_validate(settings)
+        self.config, self.pipeline = resolved.service, resolved.pipeline
         app.state.limits = self.config.limits
         app.state.tokens = dict(self.config.security.api_tokens)
         limits = self.config.limits
@@ -200,25 +246,21 @@ class Ingress:
     @app.post(f"{API}/transcribe", status_code=201)
     async def transcribe(self, body: TranscribeRequest, request: Request):
         try:
-            source = parse_source(body.source, self.config.pipeline.source.model_copy(update={"allow_local_files": False}))
+            source = parse_source(body.source, self.pipeline.source.model_copy(update={"allow_local_files": False}))
             refuse_playlist(source, stage="source")
             if source.is_remote and not self.config.security.allow_private_networks:
                 # resolving may block: off the event loop (the download re-checks every hop)
                 await asyncio.to_thread(check_url, source.location, self.config.security.networks)
             options = self._normalised_options(body.options)
         except NonRetryableError as exc:
-            return _error(400, exc.message)
+            raise InvalidRequest(exc.message) from exc
         client = request.state.client_id
         # with per-client tokens a client may only join its own jobs; otherwise equal work is shared
         key = dedup_key(source.key, {**options, "client": client} if self.per_client else options)
-        try:
-            job, deduplicated = await self.ledger.submit.remote(source.location, key, options, body.priority,
-                                                                client, self.client_limits)
-        except RateLimited as exc:
-            retry_after = int(exc.retry_after_s + 0.999)
-            return JSONResponse(status_code=429, headers={"Retry-After": str(retry_after)},
-                                content={"error": exc.message, "retry_after_seconds": retry_after})
-        separated = (options.get("separation") or self.config.pipeline.separation.model) != "none"
+        # over a client's limits the ledger raises RateLimited: a 429, answered by _refused
+        job, deduplicated = await self.ledger.submit.remote(source.location, key, options, body.priority,
+                                                            client, self.client_limits)
+        separated = (options.get("separation") or self.pipeline.separation.model) != "none"
         base = str(request.base_url).rstrip("/")
         ws_base = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         return JSONResponse(status_code=201, content={
@@ -235,28 +277,25 @@ class Ingress:
         """Tokens configured: each client sees only its own jobs."""
         return bool(self.config.security.api_tokens)
 
-    async def _job_for(self, request_or_socket, job_id: str):
-        """The job if the caller may see it: (job, None), else (None, an error response)."""
+    async def _job_for(self, request_or_socket: Request | WebSocket, job_id: str) -> JobRecord:
+        """The job if the caller may see it; else JobNotFound or Forbidden."""
         job = await self.ledger.get.remote(job_id)
         if job is None:
-            return None, _error(404, "job not found")
+            raise JobNotFound("job not found")
         if self.per_client and job.client_id != request_or_socket.state.client_id:
-            return None, _error(403, "this job belongs to another client")
-        return job, None
+            raise Forbidden("this job belongs to another client")
+        return job
 
-    def _normalised_options(self, options: JobOptions) -> dict:
+    def _normalised_options(self, options: JobOptions) -> dict[str, Any]:
         """Only what changes the output, in canonical form, so equal requests dedup."""
-        data = {k: v for k, v in options.model_dump().items() if v is not None}
-        deployed = self.config.pipeline.separation.model
+        data = options.given()
+        deployed = self.pipeline.separation.model
         if data.get("separation") not in (None, "none", deployed):
             raise NonRetryableError(f"separation model {data['separation']!r} is not deployed here "
                                     f"(available: {deployed!r}, 'none')", stage="source")
         if data.get("separation") == deployed:
             del data["separation"]
         if "stems" in data:
-            bad = [s for s in data["stems"] if not STEM_NAME.match(s)]
-            if bad:
-                raise NonRetryableError(f"invalid stem names: {bad}", stage="source")
             data["stems"] = sorted(set(data["stems"]))
         if data.get("key_override"):
             from rescored_ray.notation import parse_key
@@ -267,12 +306,10 @@ class Ingress:
     # -- status ------------------------------------------------------------------------------
     @app.get(f"{API}/jobs/{{job_id}}")
     async def job_status(self, job_id: str, request: Request):
-        job, refused = await self._job_for(request, job_id)
-        if refused:
-            return refused
+        job = await self._job_for(request, job_id)
         return self._view(job, str(request.base_url).rstrip("/"))
 
-    def _view(self, job, base: str = "") -> dict:
+    def _view(self, job: JobRecord, base: str = "") -> dict[str, Any]:
         return {
             "job_id": job.job_id,
             "status": job.status.value,
@@ -293,13 +330,14 @@ class Ingress:
             "error": job.error,
             "result": _public_result(job.result),
             "result_url": f"{base}{API}/scores/{job.job_id}" if job.status == JobStatus.COMPLETED else None,
+            "files": _files(job, base),
         }
 
     @app.get(f"{API}/jobs")
     async def list_jobs(self, request: Request, status: str | None = None, limit: int = 50):
         """Most recent jobs first, optionally of one status (queued, running, completed, failed, cancelled)."""
         if status is not None and status not in {s.value for s in JobStatus}:
-            return _error(400, f"invalid status {status!r}: one of {', '.join(s.value for s in JobStatus)}")
+            raise InvalidRequest(f"invalid status {status!r}: one of {', '.join(s.value for s in JobStatus)}")
         mine = request.state.client_id if self.per_client else None
         jobs = await self.ledger.list_jobs.remote(status, max(1, min(int(limit), 500)), mine)
         base = str(request.base_url).rstrip("/")
@@ -307,12 +345,10 @@ class Ingress:
 
     @app.delete(f"{API}/jobs/{{job_id}}")
     async def cancel(self, job_id: str, request: Request):
-        _, refused = await self._job_for(request, job_id)
-        if refused:
-            return refused
+        await self._job_for(request, job_id)
         job = await self.ledger.cancel.remote(job_id)
         if job is None:
-            return _error(404, "job not found")
+            raise JobNotFound("job not found")
         return {"job_id": job_id, "status": job.status.value, "cancel_requested": job.cancel_requested}
 
     @app.get(f"{API}/queue")
@@ -329,7 +365,7 @@ class Ingress:
     @app.get("/static/{name}", include_in_schema=False)
     async def static(self, name: str):
         if name not in STATIC_FILES:
-            return _error(404, "not found")
+            raise NotFound("not found")
         return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
 
     @app.get("/healthz")
@@ -343,42 +379,38 @@ class Ingress:
         """Liveness: the ingress answers (nothing behind it is asked)."""
         return {"status": "ok"}
 
-    # -- results -----------------------------------------------------------------------------
-    async def _file(self, request: Request, job_id: str, name: str, media_type: str, filename: str):
-        job, refused = await self._job_for(request, job_id)
-        if refused:
-            return refused
+    # -- results: one route per output of the layout (rescored_ray.layout) ----------------------
+    async def _file(self, request: Request, job_id: str, route: str, name: str | None = None) -> Response:
+        try:
+            found = layout.resolve(route, name)
+        except ValueError as exc:  # a bad stem or page name: refused before any lookup
+            raise InvalidRequest(str(exc)) from exc
+        if found is None:
+            raise NotFound("not found")
+        row, path = found
+        job = await self._job_for(request, job_id)
         if job.status != JobStatus.COMPLETED or not job.result:
-            return _error(404, f"no result yet: job is {job.status.value}")
-        key = (job.result.get("outputs") or {}).get(name)
-        if key is None:
-            return _error(404, f"this job has no {name}")
-        data = await asyncio.to_thread(self.results.read_bytes, key)
-        return Response(content=data, media_type=media_type,
+            raise NotFound(f"no result yet: job is {job.status.value}")
+        if path not in (job.result.get("outputs") or []):
+            raise NotFound(f"this job has no {path}")
+        data = await asyncio.to_thread(self.results.read_bytes, f"{job_id}/{path}")
+        filename = row.download.format(job_id=job_id, name=name)
+        return Response(content=data, media_type=row.media_type,
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
-    @app.get(f"{API}/scores/{{job_id}}")
-    async def score(self, job_id: str, request: Request):
-        return await self._file(request, job_id, "score.musicxml", "application/vnd.recordare.musicxml+xml",
-                                f"{job_id}.musicxml")
+    @app.get(f"{API}/scores/{{job_id}}", summary="The score (MusicXML)")
+    async def score(self, job_id: str, request: Request) -> Response:
+        return await self._file(request, job_id, "")
 
-    @app.get(f"{API}/scores/{{job_id}}/midi")
-    async def midi(self, job_id: str, request: Request):
-        return await self._file(request, job_id, "score.mid", "audio/midi", f"{job_id}.mid")
+    @app.get(f"{API}/scores/{{job_id}}/{{kind}}", summary="One output file of a job",
+             description="kind: " + ", ".join(row.route for row in layout.LAYOUT if row.route and not row.multi))
+    async def score_file(self, job_id: str, kind: str, request: Request) -> Response:
+        return await self._file(request, job_id, kind)
 
-    @app.get(f"{API}/scores/{{job_id}}/notes")
-    async def notes(self, job_id: str, request: Request):
-        return await self._file(request, job_id, "notes.csv", "text/csv", f"{job_id}-notes.csv")
-
-    @app.get(f"{API}/scores/{{job_id}}/preview")
-    async def preview(self, job_id: str, request: Request):
-        return await self._file(request, job_id, "preview.svg", "image/svg+xml", f"{job_id}.svg")
-
-    @app.get(f"{API}/scores/{{job_id}}/stems/{{stem}}")
-    async def stem(self, job_id: str, stem: str, request: Request):
-        if not STEM_NAME.match(stem):
-            return _error(400, "invalid stem name")
-        return await self._file(request, job_id, f"stems/{stem}.flac", "audio/flac", f"{job_id}-{stem}.flac")
+    @app.get(f"{API}/scores/{{job_id}}/{{kind}}/{{name}}", summary="One file of a multi-file output",
+             description="kind/name: " + ", ".join(row.route for row in layout.LAYOUT if row.route and row.multi))
+    async def score_part(self, job_id: str, kind: str, name: str, request: Request) -> Response:
+        return await self._file(request, job_id, kind, name)
 
     # -- live progress -----------------------------------------------------------------------
     @app.websocket(f"{API}/jobs/{{job_id}}/stream")
@@ -390,10 +422,10 @@ class Ingress:
             return
         websocket.state.client_id = client
         await websocket.accept()
-        job, refused = await self._job_for(websocket, job_id)
-        if refused:
-            message = json.loads(refused.body)["error"]
-            await websocket.send_json({"type": "error", "job_id": job_id, "error": {"message": message}})
+        try:
+            job = await self._job_for(websocket, job_id)
+        except ServiceError as exc:
+            await websocket.send_json({"type": "error", "job_id": job_id, **exc.body()})
             await websocket.close()
             return
         seq = job.last_event_seq  # read with the state: no event falls between the two

@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from rescored_ray import layout
 from rescored_ray.client import Client
-from rescored_ray.service.config import ServiceConfig
+from rescored_ray.settings import Settings
 
 APP_NAME = "rescored"
 
 
-def start_service(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000,
+def start_service(config: Settings, host: str = "127.0.0.1", port: int = 8000,
                   dashboard: bool = True, address: str | None = None) -> str:
     """Start the app on the Ray cluster at ``address``, or on a new local Ray (more logical
     CPUs than cores: every actor sets num_cpus). Returns the service's base URL."""
@@ -83,10 +84,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def run_demo(config: ServiceConfig, audio: Path, out_dir: Path, port: int,
+def run_demo(config: Settings, audio: Path, out_dir: Path, port: int,
              log: Callable[[str], None] = print) -> Path:
     """Submit ``audio`` to a freshly started local service and download its score to ``out_dir``."""
-    config = config.model_copy(update={"security": config.security.model_copy(update={"allow_private_networks": True})})
+    from rescored_ray.settings import merge
+
+    config = Settings.model_validate(merge(config.model_dump(),
+                                           {"service": {"security": {"allow_private_networks": True}}}))
     files, files_url = serve_folder(audio.parent.resolve())
     started = time.monotonic()
     try:
@@ -104,9 +108,10 @@ def run_demo(config: ServiceConfig, audio: Path, out_dir: Path, port: int,
             score = job.result(progress=False)
             score.save(out_dir)
             (out_dir / "job.json").write_text(json.dumps(job.status(), indent=2))
+            score_file = out_dir / layout.file("musicxml")
             log(f"completed: {score.result['n_notes']} notes, key {score.key}, {score.tempo:g} bpm; "
-                f"score written to {out_dir / 'score.musicxml'}")
-            return out_dir / "score.musicxml"
+                f"score written to {score_file}")
+            return score_file
     finally:
         files.shutdown()
         stop_service()

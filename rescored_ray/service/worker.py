@@ -3,10 +3,12 @@
 A worker leases the next job from the ledger (high priority first), keeps the lease
 alive with heartbeats while it runs, and only then acknowledges (complete/fail): a
 worker that dies mid-job simply stops heartbeating, its lease expires and the job is
-queued again (the Celery design's ``acks_late`` + ``prefetch_multiplier=1``). The
-pipeline's checkpoint hook turns cancellation, a lost lease and the soft time limit
-into exceptions at stage boundaries and between Demucs chunks; the hard time limit
-fails this replica's health check so Serve kills and replaces it.
+queued again (late acknowledgement with one job per worker; see docs/architecture.md).
+The pipeline's checkpoint hook turns cancellation, a lost lease and the soft time limit
+into exceptions at stage boundaries and between Demucs chunks (inside the Separator
+replica too: :class:`~rescored_ray.service.models.RemoteSeparator` cancels its streaming
+call there); the hard time limit fails this replica's health check so Serve kills and
+replaces it.
 
 Every attempt keeps a :class:`~rescored_ray.timeline.Timeline` (stage spans and the
 workers that ran them) that goes into the job record when the attempt ends, feeds the
@@ -21,48 +23,45 @@ import shutil
 import tempfile
 import threading
 import time
-import traceback
 import uuid
+from pathlib import Path
+from typing import Any
 
 from ray import serve
 
 from rescored_ray import logs, metrics
-from rescored_ray.config import with_options
-from rescored_ray.errors import NonRetryableError, PipelineError, RetryableError
+from rescored_ray.errors import (
+    JobCancelled,
+    LeaseLost,
+    NonRetryableError,
+    TimeLimitExceeded,
+    log_unexpected,
+    unexpected,
+)
 from rescored_ray.netguard import guard_connections
+from rescored_ray.options import JobOptions
 from rescored_ray.pipeline import Pipeline, publish
-from rescored_ray.service.config import ServiceConfig
+from rescored_ray.service.ledger import JobRecord
 from rescored_ray.service.models import RemoteSeparator, RemoteTranscriber
 from rescored_ray.service.serve_logs import route_to_replica_log
+from rescored_ray.settings import Settings
 from rescored_ray.storage import ResultStore
-from rescored_ray.timeline import Timeline
+from rescored_ray.timeline import StageSpan, Timeline
 
 log = logging.getLogger(__name__)
-
-
-class TimeLimitExceeded(RetryableError):
-    """The soft time limit passed: this attempt stops and the job is retried."""
-
-
-class JobCancelled(PipelineError):
-    """The user cancelled the job while it ran."""
-
-
-class LeaseLost(RetryableError):
-    """Our lease expired (we were too slow to heartbeat); another worker owns the job now."""
-
 
 @serve.deployment(name="PipelineWorker", max_ongoing_requests=4, health_check_period_s=2,
                   health_check_timeout_s=10, graceful_shutdown_timeout_s=5)
 class PipelineWorker:
     """One worker slot: a background loop that leases and runs jobs."""
 
-    def __init__(self, config: dict, ledger, separator, transcriber):
+    def __init__(self, settings: dict[str, Any], ledger: Any, separator: Any, transcriber: Any):
         route_to_replica_log()
-        self.config = ServiceConfig.model_validate(config)
+        resolved = Settings.model_validate(settings)
+        self.config, self.pipeline = resolved.service, resolved.pipeline
         self.ledger = ledger
         self.separator = RemoteSeparator(separator) if separator is not None else None
-        self.transcriber = RemoteTranscriber(transcriber, self.config.pipeline.transcription)
+        self.transcriber = RemoteTranscriber(transcriber, self.pipeline.transcription)
         self.store = ResultStore(self.config.results_uri)
         self.worker_id = f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if not self.config.security.allow_private_networks:
@@ -85,7 +84,7 @@ class PipelineWorker:
             raise RuntimeError(f"job {current[0]} passed the hard time limit "
                                f"({self.config.hard_time_limit_s:g} s); replacing this worker")
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         current = self.current
         import ray
 
@@ -93,7 +92,7 @@ class PipelineWorker:
                 "actor_name": ray.get_runtime_context().get_actor_name(),
                 "job_id": current[0] if current else None, "jobs_done": self.jobs_done}
 
-    def __del__(self):
+    def __del__(self) -> None:
         self._stop.set()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -111,7 +110,7 @@ class PipelineWorker:
             with logs.job_context(job.job_id):
                 self._run(job)
 
-    def _run(self, job) -> None:
+    def _run(self, job: JobRecord) -> None:
         job_id = job.job_id
         log.info("attempt %d of job %s started: %s", len(job.attempts), job_id, job.source)
         timeline = Timeline([metrics.stage_listener("service"), _log_stage])
@@ -131,7 +130,7 @@ class PipelineWorker:
 
         def checkpoint() -> None:
             if state["cancel"]:
-                raise JobCancelled("cancelled by the user", stage="pipeline", retryable=False)
+                raise JobCancelled(job_id=job_id)
             if state["lost"]:
                 raise LeaseLost("lease lost; another worker has the job", stage="pipeline")
             if time.monotonic() - started > self.config.soft_time_limit_s:
@@ -147,7 +146,7 @@ class PipelineWorker:
         beater.start()
         workdir = tempfile.mkdtemp(prefix=f"rescored_out_{job_id[:16]}_", dir=self._temp_parent())
         try:
-            cfg = with_options(self.config.pipeline, job.options)
+            cfg = JobOptions.model_validate(job.options).apply(self.pipeline)
             cfg.source.temp_dir = str(self._temp_parent())
             if cfg.separation.enabled and self.separator is None:
                 raise NonRetryableError("this service deploys no separation model", stage="separation")
@@ -157,11 +156,10 @@ class PipelineWorker:
                                   timeline=timeline)
             checkpoint()
             with timeline.stage("upload"):
-                keys = publish(result, self.store, job_id)
+                publish(result, self.store, job_id)  # under <job_id>/: the record keeps the relative names
             summary = result.to_dict()
             summary.pop("output_dir", None)
             summary.pop("timeline", None)  # kept on the attempt instead, with the upload span
-            summary["outputs"] = keys
             self._acknowledge("complete", job_id, self.worker_id, summary, timeline.to_list())
             metrics.inc("rescored_audio_seconds_total", result.duration_s, path="service")
             self.jobs_done += 1
@@ -172,24 +170,22 @@ class PipelineWorker:
             log.info("job %s cancelled", job_id)
         except LeaseLost:
             log.warning("job %s: lease lost, abandoning this attempt", job_id)
-        except PipelineError as exc:
+        except Exception as exc:
             # Expected failures (bad input, a download refused) are one line; an unexpected error
-            # inside a stage had its traceback logged once, where it happened (pipeline._in_stage).
-            with logs.stage_context(exc.stage):
-                log.warning("job %s attempt failed in %s (%s): %s", job_id, exc.stage,
-                            "transient" if exc.retryable else "permanent", exc.message)
-            self._acknowledge("fail", job_id, self.worker_id, exc.to_dict(), exc.retryable, timeline.to_list())
-        except Exception as exc:  # a bug or an unexpected library error: retry, with the traceback logged once
-            log.error("job %s failed unexpectedly:\n%s", job_id, traceback.format_exc())
-            error = {"type": type(exc).__name__, "message": f"unexpected error: {exc}", "stage": "pipeline",
-                     "retryable": True}
-            self._acknowledge("fail", job_id, self.worker_id, error, True, timeline.to_list())
+            # had its traceback logged once, where it happened (here, or pipeline._in_stage), and
+            # is retryable by the one rule of rescored_ray.errors.unexpected.
+            log_unexpected(exc, "pipeline")
+            error = unexpected(exc, "pipeline")
+            with logs.stage_context(error.stage):
+                log.warning("job %s attempt failed in %s (%s): %s", job_id, error.stage,
+                            "transient" if error.retryable else "permanent", error.message)
+            self._acknowledge("fail", job_id, self.worker_id, error.to_dict(), error.retryable, timeline.to_list())
         finally:
             beat_stop.set()
             shutil.rmtree(workdir, ignore_errors=True)
             self.current = None
 
-    def _acknowledge(self, method: str, job_id: str, *args) -> None:
+    def _acknowledge(self, method: str, job_id: str, *args: Any) -> None:
         """Tell the ledger how the attempt ended, retrying while it restarts or its disk is full.
 
         Gives up after one lease period: by then the lease has expired and the job is
@@ -212,13 +208,13 @@ class PipelineWorker:
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
 
-    def _temp_parent(self):
+    def _temp_parent(self) -> Path:
         path = self.config.data_path / "tmp"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
 
-def _log_stage(span) -> None:
+def _log_stage(span: StageSpan) -> None:
     """One line per stage: how long it took and where it ran (the job context is on it)."""
     ran_on = ", ".join(" ".join(str(w[k]) for k in ("actor", "device", "stem") if w.get(k)) or w.get("host", "")
                        for w in span.workers)

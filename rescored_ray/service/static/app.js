@@ -64,7 +64,7 @@ document.getElementById("submit-form").addEventListener("submit", async (event) 
     if (!response.ok) {
       message.className = "error";
       const wait = data.retry_after_seconds ? ` (try again in ${data.retry_after_seconds} s)` : "";
-      message.textContent = `refused: ${data.error || response.status}${wait}`;
+      message.textContent = `refused: ${(data.error && data.error.message) || response.status}${wait}`;
       return;
     }
     followed = data.job_id;
@@ -188,15 +188,18 @@ async function showScore(jobId) {
   document.getElementById("score-facts").textContent =
     `${result.n_notes} notes · ${result.key} · ${result.tempo_bpm} bpm · ${result.time_signature} · ` +
     `${result.duration_s} s of audio · separation: ${result.separation_model}`;
-  const base = `${API}/scores/${jobId}`;
-  const links = [["MusicXML", base, "download-musicxml"], ["MIDI", `${base}/midi`, "download-midi"],
-                 ["notes (CSV)", `${base}/notes`, "download-notes"]];
-  for (const stem of result.stems || []) {
-    if (stem !== "mix") links.push([`${stem} stem`, `${base}/stems/${stem}`, `download-stem-${stem}`]);
-  }
-  document.getElementById("downloads").replaceChildren(
-    ...links.map(([text, href, id]) => el("a", {href: withToken(href), id, download: "", text})));
-  const image = el("img", {id: "score-image", alt: "first page of the score", src: withToken(`${base}/preview`)});
+  // the job's files come from the service's output layout: a new kind of output shows up here by itself
+  const files = job.files || [];
+  const links = files.filter((file) => file.kind !== "preview").map((file) => {
+    const kind = file.name ? file.kind.replace(/s$/, "") : file.kind;
+    const text = file.name ? `${file.name} ${kind}` : kind;
+    return el("a", {href: withToken(file.url), id: `download-${kind}${file.name ? "-" + file.name : ""}`,
+                    download: "", text});
+  });
+  document.getElementById("downloads").replaceChildren(...links);
+  const preview = files.find((file) => file.kind === "preview");
+  const image = el("img", {id: "score-image", alt: "first page of the score",
+                           src: withToken(preview ? preview.url : `${API}/scores/${jobId}/preview`)});
   image.onerror = () => document.getElementById("score-view").replaceChildren(
     el("p", {text: "no preview for this job (download the MusicXML)"}));
   document.getElementById("score-view").replaceChildren(image);

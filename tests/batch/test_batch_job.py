@@ -13,16 +13,18 @@ import yaml
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ray_job_submit_runs_the_playlist_job(ray_head, rss_feed_info, tmp_path):
     config = tmp_path / "batch.yaml"
     config.write_text(yaml.safe_dump({
-        "download": {"num_cpus": 0.5, "concurrency": 2},
-        "transcriber": {"num_cpus": 1, "min_actors": 1, "max_actors": 1, "batch_size": 2},
-        "notation": {"num_cpus": 0.5, "concurrency": 2},
-        "backoff_base_s": 0.2,
+        "batch": {
+            "download": {"num_cpus": 0.5, "concurrency": 2},
+            "transcriber": {"num_cpus": 1, "min_actors": 1, "max_actors": 1, "batch_size": 2},
+            "notation": {"num_cpus": 0.5, "concurrency": 2},
+            "backoff_base_s": 0.2,
+        },
         "pipeline": {"separation": {"model": "none"}, "write_preview": False},
     }))
     output = tmp_path / "out"

@@ -8,7 +8,6 @@ import io
 import subprocess
 import sys
 
-import mir_eval
 import music21
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import soundfile
 
 import rescored_ray
 from rescored_ray.client import AsyncClient, Client, JobFailed, JobNotFound, ServiceError
+from tests.scoring import onset_f1
 from tests.service_app import deploy
 
 pytestmark = pytest.mark.slow
@@ -50,14 +50,6 @@ def finished(client, chorale_url):
     return job, messages
 
 
-def onset_f1(notes, piece) -> float:
-    intervals = notes[["start_s", "end_s"]].to_numpy()
-    _, _, f1, _ = mir_eval.transcription.precision_recall_f1_overlap(
-        piece.intervals, mir_eval.util.midi_to_hz(piece.pitches),
-        intervals, mir_eval.util.midi_to_hz(notes["pitch"].to_numpy()), offset_ratio=None)
-    return f1
-
-
 def test_progress_messages_arrive_in_order(finished):
     job, messages = finished
     assert messages[0]["type"] == "state" and messages[-1]["type"] == "completed"
@@ -78,7 +70,7 @@ def test_result_is_a_score_with_real_notes(finished, chorale, tmp_path):
     notes = score.notes
     assert list(notes.columns) == ["stem", "pitch", "start_s", "end_s", "velocity", "amplitude"]
     assert len(notes) == score.result["n_notes"] and set(notes["stem"]) == {"mix"}
-    assert onset_f1(notes, chorale) > 0.7  # the notes are the chorale's, not just any notes
+    assert onset_f1(chorale, notes) > 0.7  # the notes are the chorale's, not just any notes
     assert score.stems == {}  # transcribed without separation
 
     folder = job.download(tmp_path / "download")
@@ -187,7 +179,7 @@ def test_cli_submit_status_download(base_url, http_server, chorale_encoded, medi
 def test_transcribe_in_process_and_on_ray(chorale_encoded, chorale, ray_cluster, tmp_path):
     here = rescored_ray.transcribe(str(chorale_encoded["flac"]), tmp_path / "here", use_ray=False,
                                    progress=False, separation="none", stems=["mix"])
-    assert onset_f1(here.notes, chorale) > 0.7
+    assert onset_f1(chorale, here.notes) > 0.7
     assert (tmp_path / "here" / "score.musicxml").is_file()
     on_ray = rescored_ray.transcribe(str(chorale_encoded["flac"]), separation="none", stems=["mix"])
     assert on_ray.notes.equals(here.notes) and on_ray.key == here.key and on_ray.midi[:4] == b"MThd"
@@ -198,7 +190,7 @@ def test_transcribe_in_process_and_on_ray(chorale_encoded, chorale, ray_cluster,
 def test_batch_through_the_ray_jobs_api(ray_head, client, rss_feed_info, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_head.token_file))
     config = tmp_path / "batch.yaml"
-    config.write_text("transcriber: {num_cpus: 1}\ndownload: {num_cpus: 0.5}\nnotation: {num_cpus: 0.5}\n"
+    config.write_text("batch: {transcriber: {num_cpus: 1}, download: {num_cpus: 0.5}, notation: {num_cpus: 0.5}}\n"
                       "pipeline: {separation: {model: none}, write_preview: false}\n")
     run = client.batch([rss_feed_info.url], str(tmp_path / "out"), config=str(config), ray_address=ray_head.address)
     assert run.wait(timeout=300) == "SUCCEEDED"

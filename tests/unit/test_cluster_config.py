@@ -20,7 +20,7 @@ import ray.autoscaler as autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = REPO / "cluster.yaml"
 PROJECT_MOUNT = "/home/ubuntu/rescored-ray"
 SCHEMA_PATH = Path(autoscaler.__file__).parent / "ray-schema.json"

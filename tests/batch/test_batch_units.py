@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rescored_ray.batch.config import BatchConfig, load_batch_config
+from rescored_ray.batch.config import BatchConfig
+from rescored_ray.settings import load_settings
 from rescored_ray.batch.inputs import expand_inputs, safe_id
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST, PARTS, SKIPPED, Manifest
 from rescored_ray.batch.runner import required_cpus
@@ -17,7 +18,7 @@ from rescored_ray.errors import NonRetryableError, RetryableError
 from rescored_ray.retry import backoff_delay, call_with_retries
 from rescored_ray.storage import ResultStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -147,13 +148,14 @@ def test_transient_errors_retry_with_backoff_permanent_ones_never():
 
 
 def test_batch_yaml_is_valid_and_gpu_shares_default_sensibly():
-    config = load_batch_config(ROOT / "configs" / "batch.yaml", env={})
+    config = load_settings(ROOT / "configs" / "batch.yaml", env={})
     assert config.pipeline.separation.model == "htdemucs"
-    assert config.gpus_for("separator", gpus_available=True) == 0.5
-    assert config.gpus_for("transcriber", gpus_available=True) == 0.25
-    assert config.gpus_for("separator", gpus_available=False) == 0.0
+    assert config.batch.separator.gpus("separator", gpus_available=True) == 0.5
+    assert config.batch.transcriber.gpus("transcriber", gpus_available=True) == 0.25
+    assert config.batch.separator.gpus("separator", gpus_available=False) == 0.0
     assert required_cpus(config) == 2 * 1 + 2 * 1 + 1 + 1
-    no_separation = load_batch_config(ROOT / "configs" / "batch.yaml", env={"RESCORED_SEPARATION_MODEL": "none"})
+    no_separation = load_settings(ROOT / "configs" / "batch.yaml",
+                                  env={"RESCORED_PIPELINE__SEPARATION__MODEL": "none"})
     assert no_separation.pipeline.separation.enabled is False and required_cpus(no_separation) == 4
     with pytest.raises(ValueError):
         BatchConfig.model_validate({"separator": {"num_gpus": 0.5, "typo": 1}})

@@ -49,7 +49,8 @@ def test_api_needs_a_valid_token(service):
                          ("GET", "/api/v1/scores/0123456789abcdef0123456789abcdef")]:
         response = anonymous.request(method, path, json={"url": "http://x/a.mp3"} if method == "POST" else None)
         assert response.status_code == 401, (path, response.text)
-        assert response.headers["www-authenticate"] == "Bearer" and "token" in response.json()["error"]
+        assert response.headers["www-authenticate"] == "Bearer" and "token" in response.json()["error"]["message"]
+        assert response.json()["error"]["code"] == "unauthorized"
     wrong = anonymous.get("/api/v1/jobs", headers={"Authorization": "Bearer not-a-token-of-anyone-here"})
     assert wrong.status_code == 401
     for path in ["/", "/livez", "/openapi.json", "/static/app.js"]:
@@ -65,7 +66,8 @@ def test_a_client_sees_only_its_own_jobs(service, alice_job):
     for method, path in [("GET", f"/api/v1/jobs/{job_id}"), ("GET", f"/api/v1/scores/{job_id}"),
                          ("GET", f"/api/v1/scores/{job_id}/midi"), ("DELETE", f"/api/v1/jobs/{job_id}")]:
         response = bob.request(method, path)
-        assert response.status_code == 403 and "another client" in response.json()["error"], (method, path)
+        assert response.status_code == 403 and "another client" in response.json()["error"]["message"], (method, path)
+        assert response.json()["error"]["code"] == "forbidden"
     assert job_id in [job["job_id"] for job in alice.get("/api/v1/jobs").json()["jobs"]]
     assert job_id not in [job["job_id"] for job in bob.get("/api/v1/jobs").json()["jobs"]]
     # a browser link carries the token as a query parameter
@@ -89,7 +91,8 @@ def test_websocket_needs_the_owners_token(service, alice_job):
 def test_oversized_and_unsized_bodies_are_refused(service):
     big = {"url": "http://example.com/" + "a" * 3000}
     response = service["alice"].post("/api/v1/transcribe", json=big)
-    assert response.status_code == 413 and "2048" in response.json()["error"]
+    assert response.status_code == 413 and "2048" in response.json()["error"]["message"]
+    assert response.json()["error"]["code"] == "payload_too_large"
 
     def chunks():
         yield b'{"url": "http://example.com/a.mp3"}'
@@ -108,7 +111,8 @@ def test_rate_limit_per_client_with_retry_after(service, http_server, alice_job)
     refused = alice.post("/api/v1/transcribe", json={"url": http_server.url("status/404/rate-3.mp3"), "options": FAST})
     assert refused.status_code == 429
     body = refused.json()
-    assert "rate limit" in body["error"] and 3000 < body["retry_after_seconds"] <= 3600
+    assert body["error"]["code"] == "rate_limited"
+    assert "rate limit" in body["error"]["message"] and 3000 < body["retry_after_seconds"] <= 3600
     assert refused.headers["retry-after"] == str(body["retry_after_seconds"])
     # a duplicate is no new work: it joins the existing job instead of counting
     again = alice.post("/api/v1/transcribe", json={"url": http_server.url("chorale.mp3"), "options": FAST})
@@ -128,7 +132,7 @@ def test_active_jobs_per_client_are_capped(service, http_server):
     second = bob.post("/api/v1/transcribe", json={"url": http_server.url("delay/4/chorale.mp3?active=2"), "options": FAST})
     assert second.status_code == 201
     third = bob.post("/api/v1/transcribe", json={"url": http_server.url("delay/4/chorale.mp3?active=3"), "options": FAST})
-    assert third.status_code == 429 and "queued or running" in third.json()["error"]
+    assert third.status_code == 429 and "queued or running" in third.json()["error"]["message"]
     assert third.json()["retry_after_seconds"] >= 1
     for created in slow + [second]:
         wait_for_job(bob, created.json()["job_id"])

@@ -22,7 +22,7 @@ import pytest
 
 from tests.service_app import deploy, replica_actor
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SEPARATED = {"stems": ["other", "bass"]}
 MATRIX: dict[str, dict] = {}
 

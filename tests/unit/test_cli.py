@@ -7,7 +7,7 @@ from pathlib import Path
 
 import music21
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, timeout=300):

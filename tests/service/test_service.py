@@ -79,7 +79,8 @@ def test_bad_requests_are_400_with_an_error_field(service):
                  {"url": "http://127.0.0.1/a.mp3", "unknown": 1}]:
         response = service.post("/api/v1/transcribe", json=body)
         assert response.status_code == 400, (body, response.text)
-        assert isinstance(response.json()["error"], str) and response.json()["error"]
+        error = response.json()["error"]
+        assert isinstance(error["message"], str) and error["message"] and error["code"] == "invalid_request"
     assert service.get("/api/v1/jobs/nope").status_code == 404
     assert service.get("/healthz").json() == {"status": "ok"}
 

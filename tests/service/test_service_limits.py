@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from rescored_ray.service.app import app_builder, build_app
-from rescored_ray.service.config import load_service_config
+from rescored_ray.settings import load_settings
 
 REPO_CONFIG = "configs/serve.yaml"
 
@@ -22,7 +22,7 @@ REPO_CONFIG = "configs/serve.yaml"
 def limited(serve_port, tmp_path_factory):
     from ray import serve
 
-    config = load_service_config(env={}, overrides={
+    config = load_settings(env={}, overrides={"service": {
         "data_dir": str(tmp_path_factory.mktemp("limits-data")),
         "lease_s": 3.0, "heartbeat_s": 0.5, "poll_s": 2.0,
         "soft_time_limit_s": 100.0, "hard_time_limit_s": 8.0,
@@ -30,12 +30,11 @@ def limited(serve_port, tmp_path_factory):
         "security": {"allow_private_networks": True},
         "limits": {"jobs_per_window": None, "max_active_jobs": None},
         "transcriber": {"num_cpus": 0.5},
-        "pipeline": {"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}},
-    })
+    }, "pipeline": {"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}}})
     port = serve_port
     serve.run(build_app(config, gpus_available=False), name="rescored", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        client.results = config.data_path / "results"
+        client.results = config.service.data_path / "results"
         yield client
     serve.delete("rescored")
 
@@ -81,11 +80,12 @@ def test_serve_yaml_is_a_valid_serve_config_and_env_overrides_it(monkeypatch):
     document = yaml.safe_load(open(REPO_CONFIG))
     app = document["applications"][0]
     assert app["import_path"] == "rescored_ray.service.app:app_builder"
-    monkeypatch.setenv("RESCORED_SEPARATION_MODEL", "demucs_unittest")
-    monkeypatch.setenv("RESCORED_DATA_DIR", "/tmp/rescored-env-test")
-    cfg = load_service_config(document=app["args"])
-    assert cfg.pipeline.separation.model == "demucs_unittest" and cfg.data_dir == "/tmp/rescored-env-test"
-    assert cfg.separator.max_replicas == 2 and cfg.worker_slots == 2
-    assert cfg.gpus_for("separator", True) == 0.5 and cfg.gpus_for("transcriber", True) == 0.25
-    assert cfg.gpus_for("separator", False) == 0.0
+    monkeypatch.setenv("RESCORED_PIPELINE__SEPARATION__MODEL", "demucs_unittest")
+    monkeypatch.setenv("RESCORED_SERVICE__DATA_DIR", "/tmp/rescored-env-test")
+    cfg = load_settings(document=app["args"])
+    assert cfg.pipeline.separation.model == "demucs_unittest" and cfg.service.data_dir == "/tmp/rescored-env-test"
+    service = cfg.service
+    assert service.separator.max_replicas == 2 and service.worker_slots == 2
+    assert service.separator.gpus("separator", True) == 0.5 and service.transcriber.gpus("transcriber", True) == 0.25
+    assert service.separator.gpus("separator", False) == 0.0
     assert app_builder(app["args"]) is not None

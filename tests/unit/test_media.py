@@ -360,7 +360,7 @@ def test_ytdlp_direct_download(http_server, chorale_encoded, tmp_path):
 # bundled example
 # ---------------------------------------------------------------------------
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_bundled_example_matches_its_truth(tmp_path):

@@ -20,7 +20,7 @@ from rescored_ray.service.ingress import job_timeline
 from rescored_ray.service.ledger import Attempt, JobRecord, JobStatus
 from rescored_ray.timeline import Timeline, ran_on, where
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- timeline -----------------------------------------------------------------------------------

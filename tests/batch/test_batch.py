@@ -11,7 +11,8 @@ import music21
 import pyarrow.parquet as pq
 import pytest
 
-from rescored_ray.batch import load_batch_config, run_batch
+from rescored_ray.batch import run_batch
+from rescored_ray.settings import load_settings, merge
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST, SKIPPED
 from rescored_ray.pipeline import Pipeline
 from rescored_ray.separation import ModelLoadError
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 GPU_SHARES = {"SeparateStems": 0.5, "TranscribeStems": 0.25}
 
 
-def _config(tmp: Path, **overrides):
+def _config(tmp: Path, pipeline=None, **batch):
     """One Demucs actor at 0.5 GPU and two Basic Pitch actors at 0.25: exactly one GPU."""
     base = {
         "download": {"num_cpus": 0.5, "concurrency": 2},
@@ -32,14 +33,14 @@ def _config(tmp: Path, **overrides):
         "max_retries": 3,
         "backoff_base_s": 0.2,
         "manifest_flush_rows": 2,
-        "pipeline": {
-            "source": {"temp_dir": str(tmp / "tmp")},
-            "separation": {"model": "demucs_unittest"},
-            "transcription": {"stems": ["other", "bass", "vocals"]},
-        },
     }
-    base.update(overrides)
-    return load_batch_config(overrides=base, env={})
+    base_pipeline = {
+        "source": {"temp_dir": str(tmp / "tmp")},
+        "separation": {"model": "demucs_unittest"},
+        "transcription": {"stems": ["other", "bass", "vocals"]},
+    }
+    return load_settings(overrides={"batch": merge(base, batch), "pipeline": merge(base_pipeline, pipeline or {})},
+                         env={})
 
 
 class ActorWatcher(threading.Thread):
@@ -180,7 +181,7 @@ def test_batch_scores_equal_the_single_song_pipeline(first_run, rss_feed_info, t
     single = Pipeline(first_run["config"].pipeline).run(item.url, tmp_path / "single")
     assert (row["n_notes"], row["key"], row["tempo_bpm"]) == (single.n_notes, single.key, single.tempo_bpm)
     batch_xml = music21.converter.parse(row["musicxml"])
-    single_xml = music21.converter.parse(single.outputs["musicxml"])
+    single_xml = music21.converter.parse(single.path("musicxml"))
     pitches = lambda score: [p.midi for n in score.recurse().notes for p in n.pitches]  # noqa: E731
     assert pitches(batch_xml) == pitches(single_xml)
 

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from rescored_ray.errors import SERVICE_ERRORS
 from tests.media import write_wav
 from tests.service_app import deploy, wait_for_job
 
@@ -135,7 +136,9 @@ def test_refused_at_the_door(service, name, method, path, body, status, words):
                                    headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert isinstance(error, str) and error and words.lower() in error.lower()
+    message = error["message"]
+    assert isinstance(message, str) and message and words.lower() in message.lower()
+    assert SERVICE_ERRORS[error["code"]].status == status  # a stable code for every refusal
 
 
 

@@ -14,7 +14,7 @@ from rescored_ray.config import PipelineConfig
 from rescored_ray.errors import NonRetryableError, PipelineError, RetryableError
 from rescored_ray.pipeline import BANDS, Pipeline
 from rescored_ray.transcription import Transcriber
-from tests.test_transcription import F1_FLOOR, onset_f1
+from tests.scoring import F1_FLOOR, onset_f1
 
 
 def config(tmp_path, **sections) -> PipelineConfig:
@@ -76,7 +76,8 @@ def test_url_to_score_end_to_end_with_progress_and_quality(http_server, chorale,
 
     # Outputs: a MusicXML that music21 and verovio load, a MIDI with notes, the result record.
     out = tmp_path / "out"
-    assert result.outputs["musicxml"] == str(out / "score.musicxml")
+    assert result.path("musicxml") == out / "score.musicxml"
+    assert result.outputs == ["notes.csv", "preview.svg", "result.json", "score.mid", "score.musicxml"]
     toolkit = verovio.toolkit()
     assert toolkit.loadFile(str(out / "score.musicxml")) and toolkit.getPageCount() >= 1
     midi = pretty_midi.PrettyMIDI(str(out / "score.mid"))
@@ -84,13 +85,14 @@ def test_url_to_score_end_to_end_with_progress_and_quality(http_server, chorale,
     assert "<svg" in (out / "preview.svg").read_text()
     record = json.loads((out / "result.json").read_text())
     assert record["job_id"] == "job-1" and record["n_notes"] == result.n_notes > 50
+    assert record["outputs"] == result.outputs and record["output_dir"] == str(out)
     assert set(record["timings"]) >= {"download", "decode", "transcription", "notation"}
     assert record["tempo_bpm"] == chorale.tempo_bpm
     assert not list((tmp_path / "tmp").iterdir()), "temp files outlived the job"
     assert not [p for p in out.rglob("*.partial")]
 
     # Quality: transcription F1 above the floor, and the written score keeps it within 0.05.
-    f1_notes = onset_f1(chorale.intervals, chorale.pitches, result.notes)
+    f1_notes = onset_f1(chorale, result.notes)
     intervals, pitches = score_notes_in_seconds(out / "score.musicxml", result.time_offset_s)
     _, _, f1_score, _ = mir_eval.transcription.precision_recall_f1_overlap(
         chorale.intervals, mir_eval.util.midi_to_hz(chorale.pitches),
@@ -106,12 +108,12 @@ def test_separated_song_writes_stems_and_one_part_per_stem(band_mix, transcriber
     result = Pipeline(cfg, transcriber=transcriber).run(str(band_mix.path), tmp_path / "out")
     assert result.stems == ["bass", "drums", "other", "vocals"]
     for name in result.stems:
-        data, rate = soundfile.read(result.outputs[f"stem:{name}"])
+        data, rate = soundfile.read(result.path("stems", name))
         assert rate == 44100 and data.shape == (round(band_mix.duration_s * 44100), 2)
     assert "separation" in result.timings
     assert set(result.n_notes_by_stem) <= {"other", "bass", "vocals"}
     assert all(n.stem in ("other", "bass", "vocals") for n in result.notes)
-    assert music21.converter.parse(result.outputs["musicxml"]) is not None
+    assert music21.converter.parse(result.path("musicxml")) is not None
     assert not list((tmp_path / "tmp").iterdir())
 
 
@@ -139,7 +141,7 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(http_server, broken_inputs, t
 def test_silence_gives_an_empty_score_and_a_warning(broken_inputs, transcriber, tmp_path):
     result = Pipeline(config(tmp_path), transcriber=transcriber).run(str(broken_inputs["silent"]), tmp_path / "out")
     assert result.n_notes == 0 and any("no notes" in w for w in result.warnings)
-    assert music21.converter.parse(result.outputs["musicxml"]) is not None
+    assert music21.converter.parse(result.path("musicxml")) is not None
 
 
 def test_checkpoint_errors_stop_the_job_unchanged(chorale, transcriber, tmp_path):

@@ -2,29 +2,14 @@
 
 import logging
 
-import mir_eval
 import numpy as np
 import pytest
 
 from rescored_ray.config import TranscriptionConfig
 from rescored_ray.decode import decode_audio
 from rescored_ray.transcription import Transcriber
+from tests.scoring import F1_FLOOR, onset_f1
 from rescored_ray.types import Audio
-
-F1_FLOOR = 0.75
-
-
-def onset_f1(ref_intervals, ref_pitches, notes) -> float:
-    """Note-onset F1 (50 ms, pitch within 50 cents, offsets ignored), as in mir_eval."""
-    if not notes:
-        return 0.0
-    est_intervals = np.array([[n.start_s, n.end_s] for n in notes])
-    est_pitches = np.array([n.pitch for n in notes])
-    _, _, f1, _ = mir_eval.transcription.precision_recall_f1_overlap(
-        ref_intervals, mir_eval.util.midi_to_hz(ref_pitches),
-        est_intervals, mir_eval.util.midi_to_hz(est_pitches), offset_ratio=None)
-    return f1
-
 
 @pytest.fixture(scope="module")
 def transcriber():
@@ -33,7 +18,7 @@ def transcriber():
 
 def test_chorale_transcribes_with_onset_f1_above_floor(transcriber, chorale):
     notes = transcriber.transcribe(decode_audio(chorale.path), stem="mix")
-    f1 = onset_f1(chorale.intervals, chorale.pitches, notes)
+    f1 = onset_f1(chorale, notes)
     logging.getLogger(__name__).warning("chorale onset F1 = %.3f (%d notes vs %d true)", f1, len(notes), chorale.n_notes)
     assert f1 >= F1_FLOOR
     assert all(n.stem == "mix" and 1 <= n.velocity <= 127 and n.end_s > n.start_s for n in notes)
