@@ -17,8 +17,8 @@ broker: a job survives a dead worker, and only the lease holder may report
 progress, completion or failure, so a worker that was presumed dead cannot
 overwrite the work of the one that took its job over.
 
-:class:`JobStore` is the abstract interface (a Redis backend can implement it
-later); :class:`SQLiteJobStore` is the implementation. It is owned by a Ray actor
+:class:`JobStore` is the interface, as a protocol of what the ledger deployment calls (a
+Redis backend can implement it later); :class:`SQLiteJobStore` is the implementation. It is owned by a Ray actor
 that Ray restarts, so it is written to survive the process dying at any
 instant:
 
@@ -48,7 +48,6 @@ All times are float epoch seconds from the injectable ``clock``.
 
 from __future__ import annotations
 
-import abc
 import hashlib
 import json
 import secrets
@@ -59,8 +58,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, runtime_checkable
 
+from rescored_ray.errors import RateLimited
 from rescored_ray.retry import backoff_delay
 
 __all__ = [
@@ -203,18 +203,6 @@ class ClientLimits:
     max_active: int | None = 4
 
 
-class RateLimited(Exception):
-    """A client is over a :class:`ClientLimits` limit; ``retry_after_s`` says when to try again."""
-
-    def __init__(self, message: str, retry_after_s: float):
-        super().__init__(message)
-        self.message = message
-        self.retry_after_s = retry_after_s
-
-    def __reduce__(self):  # survives Ray's pickling between the ledger and the ingress
-        return (RateLimited, (self.message, self.retry_after_s))
-
-
 @dataclass(frozen=True)
 class HeartbeatReply:
     """``ok``: the caller still holds the lease (now extended). ``cancel_requested``: stop and call mark_cancelled."""
@@ -238,7 +226,8 @@ def dedup_key(source_key: str, options: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
-class JobStore(abc.ABC):
+@runtime_checkable
+class JobStore(Protocol):
     """The ledger interface the Serve app talks to; backends: SQLite now, Redis later.
 
     Worker-side calls (``heartbeat``, ``update_progress``, ``complete``, ``fail``,
@@ -246,7 +235,6 @@ class JobStore(abc.ABC):
     (False/None/ok=False) unless that worker still holds the lease.
     """
 
-    @abc.abstractmethod
     def submit(
         self, source: str, dedup_key: str, options: dict, priority: str = "default",
         client_id: str | None = None, limits: "ClientLimits | None" = None,
@@ -254,72 +242,56 @@ class JobStore(abc.ABC):
         """Queue a job, or return the live job with the same dedup_key and True; a new job
         over the client's limits raises :class:`RateLimited`."""
 
-    @abc.abstractmethod
     def get(self, job_id: str) -> JobRecord | None:
         """The job, or None if unknown or expired."""
 
-    @abc.abstractmethod
     def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100,
                   client_id: str | None = None) -> list[JobRecord]:
         """Jobs newest first, optionally of one status and/or one client."""
 
-    @abc.abstractmethod
     def lease(self, worker_id: str, lease_s: float) -> JobRecord | None:
         """Re-queue expired leases, then take the next runnable job (high first, FIFO) or None."""
 
-    @abc.abstractmethod
     def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> HeartbeatReply:
         """Extend the caller's lease; says whether it still holds it and whether cancel was asked."""
 
-    @abc.abstractmethod
     def update_progress(
         self, job_id: str, worker_id: str, percent: int, stage: str | None, message: str | None
     ) -> bool:
         """Record progress (never backwards within an attempt) and emit a progress event."""
 
-    @abc.abstractmethod
     def complete(self, job_id: str, worker_id: str, result: dict, timeline: list[dict] | None = None) -> bool:
         """Finish the job with ``result``; it expires after the result TTL. ``timeline`` (the
         attempt's stage spans) is kept on the attempt, for this and the calls below."""
 
-    @abc.abstractmethod
     def fail(self, job_id: str, worker_id: str, error: dict, retryable: bool,
              timeline: list[dict] | None = None) -> JobRecord | None:
         """Re-queue with backoff if retryable and attempts remain, else fail the job."""
 
-    @abc.abstractmethod
     def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a queued job now, or ask the worker of a running one to stop."""
 
-    @abc.abstractmethod
     def mark_cancelled(self, job_id: str, worker_id: str, timeline: list[dict] | None = None) -> bool:
         """The lease holder acknowledges a cancel request: the job becomes cancelled."""
 
-    @abc.abstractmethod
     def requeue_expired(self) -> list[str]:
         """Take back every running job whose lease ran out; returns their ids."""
 
-    @abc.abstractmethod
     def expire(self) -> list[JobRecord]:
         """Delete jobs past their ``expires_at`` (and their events); returns them for file cleanup."""
 
-    @abc.abstractmethod
     def events(self, job_id: str, after_seq: int = 0, limit: int = 1000) -> list[JobEvent]:
         """The job's events with seq > after_seq, in order."""
 
-    @abc.abstractmethod
     def queue_stats(self) -> dict:
         """Counts: {"queued": {"high": n, "default": n}, "running": n, "completed": n, ...}."""
 
-    @abc.abstractmethod
     def close(self) -> None:
         """Release the backend's resources; idempotent."""
 
-    def __enter__(self) -> "JobStore":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def next_ready_at(self) -> float | None:
+        """When a job may next become leasable without a new submission (a retry's backoff ends,
+        a lease expires); None if neither is pending."""
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -388,7 +360,7 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-class SQLiteJobStore(JobStore):
+class SQLiteJobStore:
     """:class:`JobStore` on one SQLite file in WAL mode (see the module docstring).
 
     Retries: a job gets ``max_attempts = 1 + max_retries`` attempts. A retryable
@@ -1045,3 +1017,9 @@ class SQLiteJobStore(JobStore):
                     self._conn.close()
                 finally:
                     self._conn = None
+
+    def __enter__(self) -> "SQLiteJobStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -21,13 +21,14 @@ import asyncio
 import logging
 import threading
 import time
+from typing import Any
 
 from ray import serve
 
 from rescored_ray import logs, metrics
-from rescored_ray.service.config import ServiceConfig
-from rescored_ray.service.ledger import JobRecord, JobStatus, SQLiteJobStore
+from rescored_ray.service.ledger import JobRecord, JobStatus, JobStore, SQLiteJobStore
 from rescored_ray.service.serve_logs import route_to_replica_log
+from rescored_ray.settings import Settings
 from rescored_ray.storage import ResultStore
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,11 @@ class Wakeups:
 
 @serve.deployment(name="Ledger", num_replicas=1, max_ongoing_requests=1024, health_check_period_s=5)
 class LedgerDeployment:
-    def __init__(self, config: dict):
+    def __init__(self, settings: dict[str, Any]):
         route_to_replica_log()
-        self.config = ServiceConfig.model_validate(config)
+        self.config = Settings.model_validate(settings).service
         self.config.data_path.mkdir(parents=True, exist_ok=True)
-        self.store = SQLiteJobStore(
+        self.store: JobStore = SQLiteJobStore(
             self.config.data_path / "ledger.sqlite3",
             max_retries=self.config.max_retries,
             backoff_base_s=self.config.backoff_base_s,
