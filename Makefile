@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_INPUT ?= examples/chorale.mp3
 DEMO_OUT   ?= out/demo
 
-.PHONY: install test demo clean lint
+.PHONY: install test test-fast lint format demo clean
 
 install: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: anything that depends on it must find it already installed
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[ray,dev]"
+	$(PY) -m pip install --quiet -e ".[pipeline,ray,dev]"
 	# basic-pitch pins tensorflow<2.15.1 on Python 3.11; we run its bundled ONNX model,
 	# and its real runtime dependencies are listed in pyproject.toml
 	$(PY) -m pip install --quiet --no-deps basic-pitch==0.4.0
@@ -26,6 +26,20 @@ $(STAMP): pyproject.toml Makefile
 
 test: install
 	$(PY) -m pytest -q
+
+# The tests that need no Ray (unit tests, the ledger, batch units): a couple of minutes.
+test-fast: install
+	$(PY) -m pytest -q -m "not ray"
+
+# ruff (lint + format check) over everything, mypy: strict on the pipeline core, checked elsewhere.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The main job end to end through the service: local Ray + Serve, HTTP submission,
 # live WebSocket progress, score downloaded, everything stopped again.

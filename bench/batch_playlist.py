@@ -31,8 +31,20 @@ sys.path.insert(0, str(REPO))
 
 from tests.media import FeedItem, MediaServer, encode, render_chorale, write_rss_feed  # noqa: E402
 
-CHORALES = ["bach/bwv66.6", "bach/bwv26.6", "bach/bwv40.8", "bach/bwv244.3", "bach/bwv248.42-4", "bach/bwv269",
-            "bach/bwv253", "bach/bwv254", "bach/bwv255", "bach/bwv256", "bach/bwv257", "bach/bwv258"]
+CHORALES = [
+    "bach/bwv66.6",
+    "bach/bwv26.6",
+    "bach/bwv40.8",
+    "bach/bwv244.3",
+    "bach/bwv248.42-4",
+    "bach/bwv269",
+    "bach/bwv253",
+    "bach/bwv254",
+    "bach/bwv255",
+    "bach/bwv256",
+    "bach/bwv257",
+    "bach/bwv258",
+]
 
 
 def render_feed(folder: Path, server: MediaServer, pieces: int, seconds: float) -> tuple[str, float]:
@@ -42,9 +54,18 @@ def render_feed(folder: Path, server: MediaServer, pieces: int, seconds: float) 
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         rendered = list(pool.map(one, CHORALES[:pieces]))
-    items = [FeedItem(title=piece.name, url=server.url(audio.relative_to(folder)), mime="audio/mpeg",
-                      length=audio.stat().st_size, duration_s=piece.duration_s, guid=piece.name, piece=piece)
-             for piece, audio in rendered]
+    items = [
+        FeedItem(
+            title=piece.name,
+            url=server.url(audio.relative_to(folder)),
+            mime="audio/mpeg",
+            length=audio.stat().st_size,
+            duration_s=piece.duration_s,
+            guid=piece.name,
+            piece=piece,
+        )
+        for piece, audio in rendered
+    ]
     write_rss_feed(folder / "feed.xml", items, link=server.base_url + "/")
     return server.url("feed.xml"), sum(piece.duration_s for piece, _ in rendered)
 
@@ -55,15 +76,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each piece (cut from the chorale)")
     parser.add_argument("--separation", default="random:htdemucs")
     parser.add_argument("--config", default=str(REPO / "configs" / "batch.yaml"))
-    parser.add_argument("--cpus", type=int, default=None, help="logical CPUs for the local Ray (default: what the config needs)")
+    parser.add_argument(
+        "--cpus", type=int, default=None, help="logical CPUs for the local Ray (default: what the config needs)"
+    )
     args = parser.parse_args()
 
     import ray
 
-    from rescored_ray.batch import load_batch_config, run_batch
+    from rescored_ray.batch import run_batch
     from rescored_ray.batch.runner import required_cpus
+    from rescored_ray.settings import load_settings
 
-    config = load_batch_config(args.config, overrides={"pipeline": {"separation": {"model": args.separation}}})
+    config = load_settings(args.config, overrides={"pipeline": {"separation": {"model": args.separation}}})
     with tempfile.TemporaryDirectory(prefix="rescored_bench_") as tmp, MediaServer(Path(tmp) / "media") as server:
         media = Path(tmp) / "media"
         media.mkdir(exist_ok=True)
@@ -80,9 +104,11 @@ def main() -> None:
             ray.shutdown()
 
     print()
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"commit {_commit()}; separation {args.separation}"
-          + (" (RANDOM weights: speed only)" if args.separation.startswith("random:") else ""))
+    print(
+        f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"commit {_commit()}; separation {args.separation}"
+        + (" (RANDOM weights: speed only)" if args.separation.startswith("random:") else "")
+    )
     print(summary.line())
     print("summed stage seconds over completed entries:")
     print(summary.stage_table())
@@ -96,8 +122,9 @@ def main() -> None:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -66,7 +66,11 @@ def demucs_section(seconds: float = 120.0) -> None:
     stock_s = rows[0][1]
     row("Demucs stock apply_model fp32", f"{seconds / stock_s:.1f}x real time", f"{stock_s:.2f} s for {seconds:.0f} s")
     for name, ours_s, error in rows[1:]:
-        row(f"Demucs {name}", f"{seconds / ours_s:.1f}x real time", f"{stock_s / ours_s:.2f}x stock, rel. error {error:.1e}")
+        row(
+            f"Demucs {name}",
+            f"{seconds / ours_s:.1f}x real time",
+            f"{stock_s / ours_s:.2f}x stock, rel. error {error:.1e}",
+        )
     torch.cuda.empty_cache()
 
 
@@ -88,8 +92,11 @@ def basic_pitch_section(model_path: Path, windows: int = 512) -> None:
         for _ in range(windows // len(batch)):
             session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
         elapsed = time.perf_counter() - started
-        row(f"Basic Pitch ONNX {provider[:-17]}, 16 windows/call",
-            f"{windows * audio_per_window / elapsed:.0f}x real time", f"{windows / elapsed:.0f} windows/s")
+        row(
+            f"Basic Pitch ONNX {provider[:-17]}, 16 windows/call",
+            f"{windows * audio_per_window / elapsed:.0f}x real time",
+            f"{windows / elapsed:.0f} windows/s",
+        )
 
 
 def _packer(index: int, songs: int, seconds: float, ready, start, done) -> None:
@@ -97,8 +104,10 @@ def _packer(index: int, songs: int, seconds: float, ready, start, done) -> None:
     from rescored_ray.separation import Separator, random_htdemucs
     from rescored_ray.types import Audio
 
-    separator = Separator(SeparationConfig(model="random:htdemucs", device="cuda", precision="fp16", batch_chunks=8),
-                          model=random_htdemucs())
+    separator = Separator(
+        SeparationConfig(model="random:htdemucs", device="cuda", precision="fp16", batch_chunks=8),
+        model=random_htdemucs(),
+    )
     audio = Audio(synthetic_song(seconds, seed=index))
     separator.separate(Audio(audio.samples[:, : 44100 * 10]))  # warm-up
     ready.put(index)
@@ -116,8 +125,9 @@ def packing_section(counts=(1, 2, 4), songs_each: int = 4, seconds: float = 60.0
     context = mp.get_context("spawn")
     for count in counts:
         ready, done, start = context.Queue(), context.Queue(), context.Event()
-        workers = [context.Process(target=_packer, args=(i, songs_each, seconds, ready, start, done))
-                   for i in range(count)]
+        workers = [
+            context.Process(target=_packer, args=(i, songs_each, seconds, ready, start, done)) for i in range(count)
+        ]
         for worker in workers:
             worker.start()
         for _ in workers:
@@ -126,8 +136,8 @@ def packing_section(counts=(1, 2, 4), songs_each: int = 4, seconds: float = 60.0
         stop = threading.Event()
 
         def sample():
-            while not stop.is_set():
-                busy.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            while not stop.is_set():  # noqa: B023 - runs within this iteration
+                busy.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)  # noqa: B023
                 time.sleep(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -142,21 +152,31 @@ def packing_section(counts=(1, 2, 4), songs_each: int = 4, seconds: float = 60.0
         for worker in workers:
             worker.join(timeout=60)
         total = count * songs_each
-        row(f"Packing: {count} Demucs process(es) on 1 GPU", f"{total / elapsed * 3600:.0f} songs/hour",
-            f"{seconds:.0f} s songs, GPU busy {statistics.mean(busy):.0f} % (NVML)")
+        row(
+            f"Packing: {count} Demucs process(es) on 1 GPU",
+            f"{total / elapsed * 3600:.0f} songs/hour",
+            f"{seconds:.0f} s songs, GPU busy {statistics.mean(busy):.0f} % (NVML)",
+        )
 
 
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: run this on the lent GPU machine (bench/gpu_check.sh)")
-    print(f"# {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
-          f"Demucs has RANDOM weights (real compute)", flush=True)
+    print(
+        f"# {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
+        f"Demucs has RANDOM weights (real compute)",
+        flush=True,
+    )
     model_path = Path(os.environ.get("BASIC_PITCH_ONNX", ".gpu/nmp.onnx"))
     for section in (demucs_section, lambda: basic_pitch_section(model_path), packing_section):
         try:
             section()
         except Exception as exc:  # one broken section must not cost the others' figures
-            row(f"section {getattr(section, '__name__', 'basic_pitch_section')} failed", type(exc).__name__, str(exc)[:120])
+            row(
+                f"section {getattr(section, '__name__', 'basic_pitch_section')} failed",
+                type(exc).__name__,
+                str(exc)[:120],
+            )
     print("\n" + "=" * 100)
     print(f"{'measurement':<46} {'figure':<22} note")
     for what, figure, note in ROWS:

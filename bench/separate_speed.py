@@ -59,9 +59,11 @@ def compare(model, audio: Audio, device: torch.device, variants, timer) -> list[
     stock_out = stock_out[0] * reference.std() + reference.mean()
     rows: list[tuple[str, float, float | None]] = [("stock apply_model fp32", stock_s, None)]
     for precision, chunks in variants:
-        separator = Separator(SeparationConfig(model="random:htdemucs", device=device.type, precision=precision,
-                                               batch_chunks=chunks), model=model)
-        seconds, stems = timer(lambda: separator.separate(audio))
+        separator = Separator(
+            SeparationConfig(model="random:htdemucs", device=device.type, precision=precision, batch_chunks=chunks),
+            model=model,
+        )
+        seconds, stems = timer(lambda: separator.separate(audio))  # noqa: B023 - called at once
         ours = torch.from_numpy(np.stack([stems[name].samples for name in separator.sources]))
         error = float(torch.linalg.vector_norm(ours - stock_out) / torch.linalg.vector_norm(stock_out))
         rows.append((f"ours {precision}, {chunks} chunk{'s' if chunks > 1 else ''}/pass", seconds, error))
@@ -89,18 +91,24 @@ def main() -> None:
     rows = compare(random_htdemucs().to(device), audio, device, variants, lambda call: timed(call, args.repeat))
     stock_s = rows[0][1]
 
-    print(f"# {args.seconds:.0f} s of audio, device {device}, {torch.get_num_threads()} torch threads, "
-          f"median of {args.repeat}; full-size HTDemucs with RANDOM weights (real compute)")
+    print(
+        f"# {args.seconds:.0f} s of audio, device {device}, {torch.get_num_threads()} torch threads, "
+        f"median of {args.repeat}; full-size HTDemucs with RANDOM weights (real compute)"
+    )
     print(f"{'run':<26}{'seconds':>9}{'x real time':>13}{'vs stock':>10}{'rel. error vs stock fp32':>27}")
     for name, seconds, error in rows:
-        print(f"{name:<26}{seconds:>9.2f}{args.seconds / seconds:>13.2f}{stock_s / seconds:>9.2f}x"
-              f"{'' if error is None else f'{error:.2e}':>27}")
+        print(
+            f"{name:<26}{seconds:>9.2f}{args.seconds / seconds:>13.2f}{stock_s / seconds:>9.2f}x"
+            f"{'' if error is None else f'{error:.2e}':>27}"
+        )
     fp32_error = max(rows[1][2], rows[2][2])
     reduced_error = max(rows[3][2], rows[4][2])
     best = min(rows[1:], key=lambda row: row[1])
-    print(f"fp32 (both) equal to stock within 1e-4: {'yes' if fp32_error < 1e-4 else 'NO'} ({fp32_error:.1e}); "
-          f"{reduced} error bound 1e-2: {'within' if reduced_error < 1e-2 else 'EXCEEDED'} ({reduced_error:.1e}); "
-          f"fastest: {best[0]} at {stock_s / best[1]:.2f}x stock")
+    print(
+        f"fp32 (both) equal to stock within 1e-4: {'yes' if fp32_error < 1e-4 else 'NO'} ({fp32_error:.1e}); "
+        f"{reduced} error bound 1e-2: {'within' if reduced_error < 1e-2 else 'EXCEEDED'} ({reduced_error:.1e}); "
+        f"fastest: {best[0]} at {stock_s / best[1]:.2f}x stock"
+    )
 
 
 if __name__ == "__main__":

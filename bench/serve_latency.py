@@ -34,15 +34,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def submissions(base: str, files_url: str, clients: int, total: int, tag: str,
-                      floor: bool = False) -> list[float]:
+async def submissions(
+    base: str, files_url: str, clients: int, total: int, tag: str, floor: bool = False
+) -> list[float]:
     """Round trips of ``total`` submissions (or GET /livez when ``floor``) from ``clients`` at once."""
     latencies: list[float] = []
     counter = iter(range(total))
 
     async def one_client(http: httpx.AsyncClient) -> None:
         for index in counter:
-            body = {"url": f"{files_url}/missing-{tag}-{index}.mp3", "options": {"separation": "none", "stems": ["mix"]}}
+            body = {
+                "url": f"{files_url}/missing-{tag}-{index}.mp3",
+                "options": {"separation": "none", "stems": ["mix"]},
+            }
             started = time.perf_counter()
             response = await (http.get("/livez") if floor else http.post("/api/v1/transcribe", json=body))
             latencies.append(time.perf_counter() - started)
@@ -79,15 +83,26 @@ def main() -> None:
     args = parser.parse_args()
 
     from rescored_ray.client import Client
-    from rescored_ray.service.config import load_service_config
     from rescored_ray.service.runner import serve_folder, start_service, stop_service
+    from rescored_ray.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="rescored_latency_") as tmp:
-        config = load_service_config(env={}, overrides={
-            "data_dir": tmp, "worker_slots": 1, "security": {"allow_private_networks": True},
-            "limits": {"jobs_per_window": None, "max_active_jobs": None},  # one address sends everything
-            "pipeline": {"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}, "write_preview": False},
-        })
+        config = load_settings(
+            env={},
+            overrides={
+                "service": {
+                    "data_dir": tmp,
+                    "worker_slots": 1,
+                    "security": {"allow_private_networks": True},
+                    "limits": {"jobs_per_window": None, "max_active_jobs": None},  # one address sends everything
+                },
+                "pipeline": {
+                    "separation": {"model": "none"},
+                    "transcription": {"stems": ["mix"]},
+                    "write_preview": False,
+                },
+            },
+        )
         files, files_url = serve_folder(REPO / "examples")
         try:
             base = start_service(config, port=free_port(), dashboard=False)
@@ -110,15 +125,20 @@ def main() -> None:
             files.shutdown()
             stop_service()
 
-    print(f"\n{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'floor p50':>11}{'floor p99':>11}"
-          f"{'p99/floor':>11}")
+    print(
+        f"\n{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'floor p50':>11}{'floor p99':>11}{'p99/floor':>11}"
+    )
     for level, count, p50, p99, floor50, floor99 in rows:
-        print(f"{level:>8}{count:>10}{1000 * p50:>9.1f}{1000 * p99:>9.1f}{1000 * floor50:>11.1f}"
-              f"{1000 * floor99:>11.1f}{p99 / floor99:>10.2f}x")
-    walls, computes, extra = zip(*overheads)
-    print(f"orchestration overhead per job (median of {len(overheads)}): submit-to-complete "
-          f"{statistics.median(walls):.3f} s - pipeline compute {statistics.median(computes):.3f} s = "
-          f"{1000 * statistics.median(extra):.0f} ms")
+        print(
+            f"{level:>8}{count:>10}{1000 * p50:>9.1f}{1000 * p99:>9.1f}{1000 * floor50:>11.1f}"
+            f"{1000 * floor99:>11.1f}{p99 / floor99:>10.2f}x"
+        )
+    walls, computes, extra = zip(*overheads, strict=False)
+    print(
+        f"orchestration overhead per job (median of {len(overheads)}): submit-to-complete "
+        f"{statistics.median(walls):.3f} s - pipeline compute {statistics.median(computes):.3f} s = "
+        f"{1000 * statistics.median(extra):.0f} ms"
+    )
 
 
 if __name__ == "__main__":

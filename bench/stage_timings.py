@@ -34,10 +34,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    stems = args.stems.split(",") if args.stems else (["mix"] if args.separation == "none" else ["other", "bass", "vocals"])
-    cfg = PipelineConfig.model_validate({
-        "separation": {"model": args.separation}, "transcription": {"stems": stems}, "write_preview": True,
-    })
+    stems = (
+        args.stems.split(",") if args.stems else (["mix"] if args.separation == "none" else ["other", "bass", "vocals"])
+    )
+    cfg = PipelineConfig.model_validate(
+        {
+            "separation": {"model": args.separation},
+            "transcription": {"stems": stems},
+            "write_preview": True,
+        }
+    )
     started = time.perf_counter()
     pipeline = Pipeline(cfg)
     pipeline.load_models()
@@ -48,10 +54,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             result = pipeline.run(args.audio, out)
         runs.append(result.timings | {"total": sum(result.timings.values())})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
     print(f"# {Path(args.audio).name}: {result.duration_s:.1f} s audio, separation={args.separation}, stems={stems}")
-    print(f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"commit {commit or '?'}, {args.repeat} runs, models loaded in {load_s:.2f} s")
+    print(
+        f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"commit {commit or '?'}, {args.repeat} runs, models loaded in {load_s:.2f} s"
+    )
     if args.separation.startswith("random:"):
         print("# NOTE: random-weight Demucs: separation timings are real compute, stems are noise")
     print(f"{'stage':<14}{'median s':>10}{'x real time':>14}{'share':>8}")

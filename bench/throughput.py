@@ -1,4 +1,4 @@
-"""Playlist throughput: the Celery design's sequential worker against the Ray Data pipeline, same run.
+"""Playlist throughput: the sequential worker of the original job design (docs/architecture.md) against the Ray Data pipeline, same run.
 
     .venv/bin/python bench/throughput.py [--pieces 6] [--seconds 40] [--separation random:htdemucs]
 
@@ -24,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from batch_playlist import REPO, _commit, render_feed  # noqa: E402
-from tests.media import MediaServer  # noqa: E402
+from batch_playlist import REPO, _commit, render_feed
+
+from tests.media import MediaServer
 
 
 def sequential(feed: str, config, out: Path) -> tuple[float, float, int, float, float]:
@@ -57,14 +58,15 @@ def main() -> None:
 
     import ray
 
-    from rescored_ray.batch import load_batch_config, run_batch
+    from rescored_ray.batch import run_batch
     from rescored_ray.batch.runner import required_cpus
+    from rescored_ray.settings import load_settings
 
-    config = load_batch_config(args.config, overrides={"pipeline": {"separation": {"model": args.separation}}})
+    config = load_settings(args.config, overrides={"pipeline": {"separation": {"model": args.separation}}})
     with tempfile.TemporaryDirectory(prefix="rescored_throughput_") as tmp, MediaServer(Path(tmp) / "media") as server:
         (Path(tmp) / "media").mkdir(exist_ok=True)
         feed, audio_total = render_feed(Path(tmp) / "media", server, args.pieces, args.seconds)
-        a_wall, a_audio, a_songs, demucs_s, load_s = sequential(feed, config, Path(tmp) / "sequential")
+        a_wall, _a_audio, a_songs, demucs_s, load_s = sequential(feed, config, Path(tmp) / "sequential")
         cpus = max(os.cpu_count() or 1, int(required_cpus(config) + 0.999))
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         try:
@@ -74,16 +76,22 @@ def main() -> None:
         finally:
             ray.shutdown()
 
-    print(f"\n# {args.pieces} pieces, {audio_total:.1f} s of audio; separation {args.separation}"
-          f"{' (RANDOM weights: speed only)' if args.separation.startswith('random:') else ''}; "
-          f"{os.cpu_count()} cores; commit {_commit()}")
+    print(
+        f"\n# {args.pieces} pieces, {audio_total:.1f} s of audio; separation {args.separation}"
+        f"{' (RANDOM weights: speed only)' if args.separation.startswith('random:') else ''}; "
+        f"{os.cpu_count()} cores; commit {_commit()}"
+    )
     print(f"{'run':<28}{'wall s':>8}{'songs/h':>9}{'audio s/s':>11}{'efficiency':>12}")
-    for name, wall, songs in (("(a) sequential (Celery)", a_wall, a_songs),
-                              ("(a) + its model loading", a_wall + load_s, a_songs),
-                              ("(b) Ray Data pipeline", b_wall, summary.completed)):
+    for name, wall, songs in (
+        ("(a) sequential (Celery)", a_wall, a_songs),
+        ("(a) + its model loading", a_wall + load_s, a_songs),
+        ("(b) Ray Data pipeline", b_wall, summary.completed),
+    ):
         print(f"{name:<28}{wall:>8.1f}{songs / wall * 3600:>9.0f}{audio_total / wall:>11.2f}{demucs_s / wall:>12.2f}")
-    print(f"b/a speed ratio: {a_wall / b_wall:.2f}x ({(a_wall + load_s) / b_wall:.2f}x counting (a)'s model loading, "
-          f"as (b)'s wall time counts its actors' start-up); Demucs-only seconds for this audio: {demucs_s:.1f}")
+    print(
+        f"b/a speed ratio: {a_wall / b_wall:.2f}x ({(a_wall + load_s) / b_wall:.2f}x counting (a)'s model loading, "
+        f"as (b)'s wall time counts its actors' start-up); Demucs-only seconds for this audio: {demucs_s:.1f}"
+    )
     print(summary.line())
     print(summary.stage_table())
 

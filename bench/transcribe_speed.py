@@ -50,13 +50,17 @@ def main() -> None:
     stock_notes = sorted((round(float(s), 4), round(float(e), 4), int(p)) for s, e, p, *_ in stock_events)
     our_notes = sorted((round(n.start_s, 4), round(n.end_s, 4), n.pitch) for n in notes)
 
-    print(f"# {Path(args.audio).name}: {duration:.1f} s, model {model_path.name}, provider {ours.providers[0]}, "
-          f"median of {args.repeat} (ours includes decoding)")
+    print(
+        f"# {Path(args.audio).name}: {duration:.1f} s, model {model_path.name}, provider {ours.providers[0]}, "
+        f"median of {args.repeat} (ours includes decoding)"
+    )
     print(f"{'run':<34}{'seconds':>9}{'x real time':>13}")
     print(f"{'stock basic_pitch predict()':<34}{stock_s:>9.3f}{duration / stock_s:>13.1f}")
     print(f"{'ours (decode + Transcriber)':<34}{ours_s:>9.3f}{duration / ours_s:>13.1f}")
-    print(f"speed-up: {stock_s / ours_s:.2f}x; notes identical: {'yes' if stock_notes == our_notes else 'NO'} "
-          f"({len(our_notes)} ours, {len(stock_notes)} stock)")
+    print(
+        f"speed-up: {stock_s / ours_s:.2f}x; notes identical: {'yes' if stock_notes == our_notes else 'NO'} "
+        f"({len(our_notes)} ours, {len(stock_notes)} stock)"
+    )
 
 
 if __name__ == "__main__":

@@ -41,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         mp3 = encode(piece.path, "mp3", args.out / "chorale.mp3", bitrate=MP3_BITRATE)
     csv = piece.write_truth_csv(args.out / "chorale.truth.csv")
     info = decode_info(mp3)
-    print(f"{mp3}: {info['duration_s']:.2f} s, {info['sample_rate']} Hz, {info['channels']} ch, "
-          f"{mp3.stat().st_size / 1024:.0f} KiB")
-    print(f"{csv}: {piece.n_notes} notes, pitches {piece.pitches.min()}-{piece.pitches.max()}, "
-          f"onsets {piece.first_onset_s:.3f}-{piece.onsets.max():.3f} s")
+    print(
+        f"{mp3}: {info['duration_s']:.2f} s, {info['sample_rate']} Hz, {info['channels']} ch, "
+        f"{mp3.stat().st_size / 1024:.0f} KiB"
+    )
+    print(
+        f"{csv}: {piece.n_notes} notes, pitches {piece.pitches.min()}-{piece.pitches.max()}, "
+        f"onsets {piece.first_onset_s:.3f}-{piece.onsets.max():.3f} s"
+    )
     return 0
 
 

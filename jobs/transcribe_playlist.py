@@ -13,7 +13,7 @@ from pathlib import Path
 # cluster's setup commands did not install it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rescored_ray.batch.__main__ import main  # noqa: E402
+from rescored_ray.batch.__main__ import main
 
 if __name__ == "__main__":
     main(prog_name="transcribe_playlist.py")

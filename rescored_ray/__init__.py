@@ -6,6 +6,8 @@ imports no Ray: stages work on arrays and can run anywhere. The SDK names
 ``import rescored_ray`` stays light.
 """
 
+from typing import Any
+
 from rescored_ray.errors import NonRetryableError, PipelineError, RetryableError
 from rescored_ray.types import Audio, Note
 
@@ -29,7 +31,7 @@ _LAZY = {
 __all__ = ["Audio", "Note", "PipelineError", "RetryableError", "NonRetryableError", "__version__", *_LAZY]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 

@@ -14,8 +14,9 @@ import inspect
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -37,8 +38,14 @@ def job_option_flags(command: Callable[..., None]) -> Callable[..., None]:
     for name, (flag, help_text) in cli_flags().items():
         annotation = JobOptions.model_fields[name].annotation
         cli_type = float if annotation is not None and "float" in str(annotation) else str
-        flags.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[cli_type],
-                                       default=typer.Option(None, flag, help=help_text)))
+        flags.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=cli_type | None,
+                default=typer.Option(None, flag, help=help_text),
+            )
+        )
 
     @functools.wraps(command)
     def run(**values: Any) -> None:
@@ -54,7 +61,7 @@ def job_option_flags(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-def _settings(config: Optional[Path], overrides: dict[str, Any] | None = None) -> Any:
+def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Any:
     """The settings, or one line and exit 2 (a bad file, value or variable)."""
     from rescored_ray.settings import load_settings
 
@@ -67,17 +74,21 @@ def _settings(config: Optional[Path], overrides: dict[str, Any] | None = None) -
 
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details to stderr.")) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
 @job_option_flags
 def transcribe(
     source: str = typer.Argument(..., help="YouTube or other URL, or a local audio file."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for score.musicxml, score.mid, stems/, result.json."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
-                                          help="Settings file (configs/pipeline.yaml)."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Folder for score.musicxml, score.mid, stems/, result.json."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", exists=True, dir_okay=False, help="Settings file (configs/pipeline.yaml)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; print only the result path."),
     *,
     options: JobOptions,
@@ -96,15 +107,23 @@ def transcribe(
         if quiet or not sys.stderr.isatty():
             result = pipeline.run(source, output, progress=_log_progress if not quiet else None)
         else:
-            with Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                          TimeElapsedColumn(), console=err) as bar:
+            with Progress(
+                TextColumn("{task.description:<28}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                console=err,
+            ) as bar:
                 task = bar.add_task("starting", total=100)
-                result = pipeline.run(source, output,
-                                      progress=lambda pct, stage, msg: bar.update(task, completed=pct, description=msg))
+                result = pipeline.run(
+                    source, output, progress=lambda pct, stage, msg: bar.update(task, completed=pct, description=msg)
+                )
     except PipelineError as exc:
         _fail_with(exc)
-    summary = (f"{result.n_notes} notes, key {result.key}, {result.tempo_bpm:g} bpm, "
-               f"{result.duration_s:.1f} s of audio in {sum(result.timings.values()):.1f} s")
+    summary = (
+        f"{result.n_notes} notes, key {result.key}, {result.tempo_bpm:g} bpm, "
+        f"{result.duration_s:.1f} s of audio in {sum(result.timings.values()):.1f} s"
+    )
     if not quiet:
         err.print(summary, highlight=False)
         for warning in result.warnings:
@@ -145,11 +164,18 @@ def expand(url: str = typer.Argument(..., help="Playlist URL (YouTube playlist, 
 def batch(
     sources: list[str] = typer.Argument(..., help="Playlist URLs, URLs, files of URLs (.txt/.csv/.parquet), folders."),
     output: str = typer.Option(..., "--output", "-o", help="Output folder or URI (s3://..., gs://...)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
-                                          help="Settings file (configs/batch.yaml); built-in defaults if omitted."),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        exists=True,
+        dir_okay=False,
+        help="Settings file (configs/batch.yaml); built-in defaults if omitted.",
+    ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip entries already completed in the output."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, "
-                                          "else a local Ray started for this run)."),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray started for this run)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No Ray Data progress bars."),
     *,
     options: JobOptions,
@@ -178,7 +204,7 @@ def batch(
     except Exception as exc:  # the run itself could not proceed (entries fail into the manifest instead)
         logging.getLogger(__name__).debug("batch run failed", exc_info=True)
         _fail(f"error (batch, transient): the run could not proceed: {' '.join(str(exc).split())}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if summary.stage_s:
         err.print("where the time went (summed over completed entries):", highlight=False)
         err.print(summary.stage_table(), highlight=False, markup=False)
@@ -188,11 +214,12 @@ def batch(
     typer.echo(summary.line())
 
 
-SERVICE_OPTION = typer.Option(None, "--service", envvar="RESCORED_SERVICE_URL",
-                              help="Service base URL (default http://127.0.0.1:8000).")
+SERVICE_OPTION = typer.Option(
+    None, "--service", envvar="RESCORED_SERVICE_URL", help="Service base URL (default http://127.0.0.1:8000)."
+)
 
 
-def _client(service: Optional[str]) -> Any:
+def _client(service: str | None) -> Any:
     from rescored_ray.client import DEFAULT_URL, Client
 
     return Client(service or DEFAULT_URL)
@@ -220,7 +247,7 @@ def submit(
     url: str = typer.Argument(..., help="Recording URL to transcribe."),
     priority: str = typer.Option("default", "--priority", help="default | high"),
     wait: bool = typer.Option(False, "--wait", help="Follow progress until the job ends."),
-    service: Optional[str] = SERVICE_OPTION,
+    service: str | None = SERVICE_OPTION,
     *,
     options: JobOptions,
 ) -> None:
@@ -234,7 +261,7 @@ def submit(
 
 
 @app.command()
-def status(job_id: str = typer.Argument(...), service: Optional[str] = SERVICE_OPTION) -> None:
+def status(job_id: str = typer.Argument(...), service: str | None = SERVICE_OPTION) -> None:
     """Print a job's status as JSON."""
     with _client(service) as client:
         typer.echo(json.dumps(_service_call(lambda: client.get(job_id).info), indent=2))
@@ -244,7 +271,7 @@ def status(job_id: str = typer.Argument(...), service: Optional[str] = SERVICE_O
 def download(
     job_id: str = typer.Argument(...),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for score.musicxml, score.mid, notes.csv, stems/."),
-    service: Optional[str] = SERVICE_OPTION,
+    service: str | None = SERVICE_OPTION,
 ) -> None:
     """Save a completed job's score, MIDI, notes and stems into a folder (waits if it is still running)."""
     with _client(service) as client:
@@ -254,10 +281,16 @@ def download(
 
 @app.command()
 def serve(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
-                                          help="Serve config file (configs/serve.yaml); built-in defaults if omitted."),
-    host: Optional[str] = typer.Option(None, "--host", help="Default: http_options.host, else 127.0.0.1."),
-    port: Optional[int] = typer.Option(None, "--port", help="Default: http_options.port, else 8000."),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        exists=True,
+        dir_okay=False,
+        help="Serve config file (configs/serve.yaml); built-in defaults if omitted.",
+    ),
+    host: str | None = typer.Option(None, "--host", help="Default: http_options.host, else 127.0.0.1."),
+    port: int | None = typer.Option(None, "--port", help="Default: http_options.port, else 8000."),
 ) -> None:
     """Start a local Ray instance and the transcription service; Ctrl-C stops both."""
     import time as _time
@@ -284,20 +317,23 @@ def serve(
 def demo(
     audio: Path = typer.Argument(Path("examples/chorale.mp3"), exists=True, dir_okay=False),
     output: Path = typer.Option(Path("out/demo"), "--output", "-o"),
-    config: Optional[Path] = typer.Option(Path("configs/demo.yaml"), "--config", "-c",
-                                          help="Settings of the demo service (configs/demo.yaml)."),
+    config: Path | None = typer.Option(
+        Path("configs/demo.yaml"), "--config", "-c", help="Settings of the demo service (configs/demo.yaml)."
+    ),
     port: int = typer.Option(8000, "--port"),
 ) -> None:
     """Start the service, submit the bundled example over HTTP, follow it live, save the score."""
     from rescored_ray.service.runner import run_demo
 
-    cfg = _settings(config if config and config.exists() else None,
-                    overrides={"service": {"data_dir": str(output.resolve() / "service-data")}})
+    cfg = _settings(
+        config if config and config.exists() else None,
+        overrides={"service": {"data_dir": str(output.resolve() / "service-data")}},
+    )
     try:
         run_demo(cfg, audio.resolve(), output, port, log=typer.echo)
     except Exception as exc:  # one line, non-zero exit, like every other command
         _fail(f"error (demo, transient): {' '.join(str(exc).split())}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ import json
 import os
 import shlex
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -39,8 +40,24 @@ from rescored_ray.errors import (
 from rescored_ray.options import JobOptions
 from rescored_ray.score import Score
 
-__all__ = ["AsyncClient", "AsyncJob", "BatchFailed", "BatchRun", "Client", "Job", "JobCancelled", "JobFailed",
-           "JobNotFound", "RateLimited", "RescoredError", "ServiceError", "submit_batch"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "AsyncClient",
+    "AsyncJob",
+    "BatchFailed",
+    "BatchRun",
+    "Client",
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobNotFound",
+    "RateLimited",
+    "RescoredError",
+    "ServiceError",
+    "submit_batch",
+]
 
 API = "/api/v1"
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -59,6 +76,14 @@ def _check(response: httpx.Response) -> httpx.Response:
     raise service_error(response.status_code, body)
 
 
+def _json(response: httpx.Response) -> dict[str, Any]:
+    """The checked response's JSON object."""
+    body = _check(response).json()
+    if not isinstance(body, dict):
+        raise ServiceError(f"expected a JSON object, got {type(body).__name__}", status_code=response.status_code)
+    return body
+
+
 def file_url(job_id: str, file: str) -> str:
     """Service path of one output file of a job (``stems/bass.flac``), built from the layout."""
     return f"{API}/scores/{job_id}{layout.route_of(file)}"
@@ -71,16 +96,18 @@ def _submission(url: str, priority: str, options: dict[str, Any]) -> dict[str, A
 class _Follower:
     """Turns a job's WebSocket messages into a progress bar and, at the end, a result or an exception."""
 
-    def __init__(self, job_id: str, progress: bool, on_message: Callable[[dict], None] | None):
+    def __init__(self, job_id: str, progress: bool, on_message: Callable[[dict[str, Any]], None] | None):
         self.job_id = job_id
         self.on_message = on_message
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=100, desc=f"job {job_id[:8]}", unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+            self.bar = tqdm(
+                total=100, desc=f"job {job_id[:8]}", unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}"
+            )
 
-    def message(self, message: dict) -> bool:
+    def message(self, message: dict[str, Any]) -> bool:
         """Handle one message; True when it was the last one."""
         if self.on_message is not None:
             self.on_message(message)
@@ -90,10 +117,12 @@ class _Follower:
         elif kind == "progress":
             self._show(message.get("progress") or 0, f"{message.get('stage')}: {message.get('message')}")
         elif kind == "retrying":
-            self._show(None, f"retrying in {message.get('retry_in_s')} s: {(message.get('error') or {}).get('message')}")
+            self._show(
+                None, f"retrying in {message.get('retry_in_s')} s: {(message.get('error') or {}).get('message')}"
+            )
         return kind in FINAL_MESSAGES
 
-    def status(self, view: dict) -> bool:
+    def status(self, view: dict[str, Any]) -> bool:
         """Handle a polled job view; True when the job has ended."""
         self._show(view.get("progress") or 0, view.get("status_message") or view.get("status"))
         return view.get("status") in TERMINAL
@@ -121,14 +150,15 @@ def _outcome(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
 
 # -- sync -----------------------------------------------------------------------------------------
 
+
 class Job:
     """A submitted job; ``result()`` waits for it and returns its :class:`Score`."""
 
-    def __init__(self, client: "Client", job_id: str, info: dict | None = None):
+    def __init__(self, client: Client, job_id: str, info: dict[str, Any] | None = None):
         self.client = client
         self.id = job_id
         self.info = info or {}
-        self.final: dict | None = None
+        self.final: dict[str, Any] | None = None
         """The job's status once :meth:`wait` saw it complete."""
 
     @property
@@ -136,14 +166,18 @@ class Job:
         """True when the service returned an existing job for an identical submission."""
         return bool(self.info.get("deduplicated"))
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return self.client._get_json(f"{API}/jobs/{self.id}")
 
-    def cancel(self) -> dict:
+    def cancel(self) -> dict[str, Any]:
         return self.client.cancel(self.id)
 
-    def wait(self, timeout: float | None = None, progress: bool = True,
-             on_message: Callable[[dict], None] | None = None) -> dict:
+    def wait(
+        self,
+        timeout: float | None = None,
+        progress: bool = True,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Block until the job ends; returns its final status, or raises :class:`JobFailed`,
         :class:`JobCancelled` or ``TimeoutError``. Progress comes from the WebSocket stream
         (a tqdm bar: a widget in Jupyter, text in a terminal); polling takes over if it drops."""
@@ -181,18 +215,21 @@ class Job:
                 raise TimeoutError(f"job {self.id} did not finish in time")
             time.sleep(interval)
 
-    def events(self, timeout: float | None = None) -> Iterable[dict]:
+    def events(self, timeout: float | None = None) -> Iterable[dict[str, Any]]:
         """The job's WebSocket messages as they come (state first, then progress ... final)."""
-        collected: list[dict] = []
+        collected: list[dict[str, Any]] = []
         self.wait(timeout=timeout, progress=False, on_message=collected.append)
         return collected
 
     def result(self, timeout: float | None = None, progress: bool = True) -> Score:
         view = self.final or self.wait(timeout=timeout, progress=progress)
-        return Score({**(view.get("result") or {}), "job_id": self.id},
-                     lambda name: self.client._get_bytes(file_url(self.id, name)), job_id=self.id)
+        return Score(
+            {**(view.get("result") or {}), "job_id": self.id},
+            lambda name: self.client._get_bytes(file_url(self.id, name)),
+            job_id=self.id,
+        )
 
-    def download(self, folder: str | os.PathLike, timeout: float | None = None) -> Path:
+    def download(self, folder: str | os.PathLike[str], timeout: float | None = None) -> Path:
         """Wait, then save the score, MIDI, notes and stems into ``folder``."""
         return self.result(timeout=timeout, progress=False).save(folder)
 
@@ -215,7 +252,7 @@ class Client:
     def submit(self, url: str, priority: str = "default", **options: Any) -> Job:
         """Queue one recording; ``options`` are :class:`~rescored_ray.options.JobOptions` fields
         (separation, stems, tempo_override, key_override)."""
-        info = _check(self._http.post(f"{API}/transcribe", json=_submission(url, priority, options))).json()
+        info = _json(self._http.post(f"{API}/transcribe", json=_submission(url, priority, options)))
         return Job(self, info["job_id"], info)
 
     def submit_many(self, urls: Iterable[str], priority: str = "default", **options: Any) -> list[Job]:
@@ -224,42 +261,43 @@ class Client:
     def get(self, job_id: str) -> Job:
         return Job(self, job_id, self._get_json(f"{API}/jobs/{job_id}"))
 
-    def jobs(self, status: str | None = None, limit: int = 50) -> list[dict]:
-        params = {"limit": limit, **({"status": status} if status else {})}
-        return _check(self._http.get(f"{API}/jobs", params=params)).json()["jobs"]
+    def jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {})}
+        return list(_json(self._http.get(f"{API}/jobs", params=params))["jobs"])
 
-    def cancel(self, job_id: str) -> dict:
-        return _check(self._http.delete(f"{API}/jobs/{job_id}")).json()
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return _json(self._http.delete(f"{API}/jobs/{job_id}"))
 
-    def queue(self) -> dict:
+    def queue(self) -> dict[str, Any]:
         return self._get_json(f"{API}/queue")
 
-    def batch(self, sources: list[str], output: str, **kwargs: Any) -> "BatchRun":
+    def batch(self, sources: list[str], output: str, **kwargs: Any) -> BatchRun:
         """Submit a playlist run as a Ray job (see :func:`submit_batch`)."""
         return submit_batch(sources, output, **kwargs)
 
-    def _get_json(self, path: str) -> dict:
-        return _check(self._http.get(path)).json()
+    def _get_json(self, path: str) -> dict[str, Any]:
+        return _json(self._http.get(path))
 
     def _get_bytes(self, path: str) -> bytes:
-        return _check(self._http.get(path)).content
+        return bytes(_check(self._http.get(path)).content)
 
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 # -- async ----------------------------------------------------------------------------------------
 
+
 class AsyncJob:
     """:class:`Job` with awaitable methods."""
 
-    def __init__(self, client: "AsyncClient", job_id: str, info: dict | None = None):
+    def __init__(self, client: AsyncClient, job_id: str, info: dict[str, Any] | None = None):
         self.client = client
         self.id = job_id
         self.info = info or {}
@@ -268,14 +306,18 @@ class AsyncJob:
     def deduplicated(self) -> bool:
         return bool(self.info.get("deduplicated"))
 
-    async def status(self) -> dict:
+    async def status(self) -> dict[str, Any]:
         return await self.client._get_json(f"{API}/jobs/{self.id}")
 
-    async def cancel(self) -> dict:
+    async def cancel(self) -> dict[str, Any]:
         return await self.client.cancel(self.id)
 
-    async def wait(self, timeout: float | None = None, progress: bool = True,
-                   on_message: Callable[[dict], None] | None = None) -> dict:
+    async def wait(
+        self,
+        timeout: float | None = None,
+        progress: bool = True,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         follower = _Follower(self.id, progress, on_message)
         try:
             async with asyncio.timeout(timeout):
@@ -301,8 +343,8 @@ class AsyncJob:
                 if follower.message(json.loads(raw)):
                     return
 
-    async def events(self, timeout: float | None = None) -> list[dict]:
-        collected: list[dict] = []
+    async def events(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        collected: list[dict[str, Any]] = []
         await self.wait(timeout=timeout, progress=False, on_message=collected.append)
         return collected
 
@@ -313,10 +355,10 @@ class AsyncJob:
         result = {**(view.get("result") or {}), "job_id": self.id}
         names = Score.served(result)
         files = await asyncio.gather(*(self.client._get_bytes(file_url(self.id, n)) for n in names))
-        cache = dict(zip(names, files))
+        cache = dict(zip(names, files, strict=True))
         return Score(result, cache.__getitem__, job_id=self.id)
 
-    async def download(self, folder: str | os.PathLike, timeout: float | None = None) -> Path:
+    async def download(self, folder: str | os.PathLike[str], timeout: float | None = None) -> Path:
         score = await self.result(timeout=timeout, progress=False)
         return await asyncio.to_thread(score.save, folder)
 
@@ -338,7 +380,7 @@ class AsyncClient:
 
     async def submit(self, url: str, priority: str = "default", **options: Any) -> AsyncJob:
         response = await self._http.post(f"{API}/transcribe", json=_submission(url, priority, options))
-        info = _check(response).json()
+        info = _json(response)
         return AsyncJob(self, info["job_id"], info)
 
     async def submit_many(self, urls: Iterable[str], priority: str = "default", **options: Any) -> list[AsyncJob]:
@@ -347,36 +389,37 @@ class AsyncClient:
     async def get(self, job_id: str) -> AsyncJob:
         return AsyncJob(self, job_id, await self._get_json(f"{API}/jobs/{job_id}"))
 
-    async def jobs(self, status: str | None = None, limit: int = 50) -> list[dict]:
-        params = {"limit": limit, **({"status": status} if status else {})}
-        return _check(await self._http.get(f"{API}/jobs", params=params)).json()["jobs"]
+    async def jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {})}
+        return list(_json(await self._http.get(f"{API}/jobs", params=params))["jobs"])
 
-    async def cancel(self, job_id: str) -> dict:
-        return _check(await self._http.delete(f"{API}/jobs/{job_id}")).json()
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return _json(await self._http.delete(f"{API}/jobs/{job_id}"))
 
-    async def queue(self) -> dict:
+    async def queue(self) -> dict[str, Any]:
         return await self._get_json(f"{API}/queue")
 
-    async def batch(self, sources: list[str], output: str, **kwargs: Any) -> "BatchRun":
+    async def batch(self, sources: list[str], output: str, **kwargs: Any) -> BatchRun:
         return await asyncio.to_thread(submit_batch, sources, output, **kwargs)
 
-    async def _get_json(self, path: str) -> dict:
-        return _check(await self._http.get(path)).json()
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        return _json(await self._http.get(path))
 
     async def _get_bytes(self, path: str) -> bytes:
-        return _check(await self._http.get(path)).content
+        return bytes(_check(await self._http.get(path)).content)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
 
 # -- batch runs as Ray jobs -----------------------------------------------------------------------
+
 
 def ray_auth_headers() -> dict[str, str]:
     """Ray 2.60 token auth: the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
@@ -390,7 +433,7 @@ def ray_auth_headers() -> dict[str, str]:
 class BatchRun:
     """A playlist run submitted to the Ray Jobs API; follow it like any Ray job."""
 
-    def __init__(self, jobs_client, submission_id: str, output: str):
+    def __init__(self, jobs_client: Any, submission_id: str, output: str):
         self.jobs = jobs_client
         self.id = submission_id
         self.output = output
@@ -399,7 +442,7 @@ class BatchRun:
         return str(self.jobs.get_job_status(self.id).value)
 
     def logs(self) -> str:
-        return self.jobs.get_job_logs(self.id)
+        return str(self.jobs.get_job_logs(self.id))
 
     def wait(self, timeout: float | None = None, poll_s: float = 1.0) -> str:
         """Block until the Ray job ends; raises :class:`BatchFailed` (with its log tail) unless it succeeded."""
@@ -418,7 +461,7 @@ class BatchRun:
         lines = [line for line in self.logs().splitlines() if line.startswith("batch ")]
         return lines[-1] if lines else None
 
-    def manifest(self):
+    def manifest(self) -> pd.DataFrame:
         """The run's Parquet manifest as a pandas DataFrame (one row per entry)."""
         import io
 
@@ -427,15 +470,23 @@ class BatchRun:
         from rescored_ray.batch.manifest import MANIFEST
         from rescored_ray.storage import ResultStore
 
-        return pq.read_table(io.BytesIO(ResultStore(self.output).read_bytes(MANIFEST))).to_pandas()
+        frame: pd.DataFrame = pq.read_table(io.BytesIO(ResultStore(self.output).read_bytes(MANIFEST))).to_pandas()
+        return frame
 
     def __repr__(self) -> str:
         return f"BatchRun({self.id!r}, output={self.output!r})"
 
 
-def submit_batch(sources: list[str], output: str, *, config: str | None = None, ray_address: str | None = None,
-                 working_dir: str | os.PathLike[str] | None = None, submission_id: str | None = None,
-                 env: dict[str, str] | None = None) -> BatchRun:
+def submit_batch(
+    sources: list[str],
+    output: str,
+    *,
+    config: str | None = None,
+    ray_address: str | None = None,
+    working_dir: str | os.PathLike[str] | None = None,
+    submission_id: str | None = None,
+    env: dict[str, str] | None = None,
+) -> BatchRun:
     """Run ``python -m rescored_ray.batch SOURCES --output OUTPUT`` as a Ray job.
 
     ``ray_address`` is the dashboard's HTTP address (default: RAY_API_SERVER_ADDRESS, else
@@ -455,6 +506,7 @@ def submit_batch(sources: list[str], output: str, *, config: str | None = None, 
     runtime_env: dict[str, Any] = {"working_dir": str(working_dir)} if working_dir else {}
     if env:
         runtime_env["env_vars"] = dict(env)
-    submission = jobs.submit_job(entrypoint=shlex.join(args), runtime_env=runtime_env or None,
-                                 submission_id=submission_id)
+    submission = jobs.submit_job(
+        entrypoint=shlex.join(args), runtime_env=runtime_env or None, submission_id=submission_id
+    )
     return BatchRun(jobs, submission, output)

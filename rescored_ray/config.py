@@ -37,15 +37,16 @@ class SeparationConfig(Section):
     )
     repo: str | None = Field(None, description="Local Demucs model repo folder (offline installs).")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="auto = fp16 on CUDA, fp32 on CPU."
-    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto = fp16 on CUDA, fp32 on CPU.")
     segment: float | None = Field(None, gt=0, description="Chunk length in seconds (model default if unset).")
     overlap: float = Field(0.25, ge=0, lt=1)
     shifts: int = Field(0, ge=0, description="Random time shifts averaged (0 = deterministic).")
     batch_chunks: int = Field(
-        1, ge=1, le=64,
-        description="Chunks per forward pass (1 = stock Demucs, one chunk each; more pays on GPUs, not on CPUs).")
+        1,
+        ge=1,
+        le=64,
+        description="Chunks per forward pass (1 = stock Demucs, one chunk each; more pays on GPUs, not on CPUs).",
+    )
 
     @property
     def enabled(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -29,7 +30,7 @@ def _fail(path: Path, why: str) -> NonRetryableError:
 
 
 def decode_audio(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     sample_rate: int = SAMPLE_RATE,
     max_duration_s: float | None = None,
@@ -50,7 +51,7 @@ def decode_audio(
         raise _fail(path, f"not a recognised audio/video file ({_ffmpeg_reason(exc)})") from exc
     with container:
         if not container.streams.audio:
-            kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+            kinds: list[str] = sorted({str(s.type) for s in container.streams}) or ["nothing"]
             raise _fail(path, f"no audio stream (file contains {', '.join(kinds)})")
         stream = container.streams.audio[0]
         declared_s = _declared_duration(container, stream)
@@ -71,7 +72,9 @@ def decode_audio(
     return Audio(samples, sample_rate)
 
 
-def _decode_stream(container, stream, path: Path, sample_rate: int, max_duration_s: float | None) -> np.ndarray:
+def _decode_stream(
+    container: Any, stream: Any, path: Path, sample_rate: int, max_duration_s: float | None
+) -> np.ndarray:
     # FFmpeg's mono->stereo upmix lowers the level by 3 dB; decode mono as mono and copy it.
     mono = stream.codec_context.channels == 1
     resampler = av.AudioResampler(format="fltp", layout="mono" if mono else "stereo", rate=sample_rate)
@@ -82,10 +85,8 @@ def _decode_stream(container, stream, path: Path, sample_rate: int, max_duration
         for packet in container.demux(stream):
             for frame in packet.decode():
                 total += _resample_into(resampler, frame, chunks)
-            if limit is not None and total > limit:
-                raise NonRetryableError(
-                    f"audio is longer than the {max_duration_s / 60:.1f} min limit", stage=STAGE
-                )
+            if limit is not None and max_duration_s is not None and total > limit:
+                raise NonRetryableError(f"audio is longer than the {max_duration_s / 60:.1f} min limit", stage=STAGE)
         total += _resample_into(resampler, None, chunks)
     except av.error.FFmpegError as exc:
         if total == 0:
@@ -100,7 +101,7 @@ def _decode_stream(container, stream, path: Path, sample_rate: int, max_duration
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
-def _resample_into(resampler, frame, chunks: list[np.ndarray]) -> int:
+def _resample_into(resampler: Any, frame: Any, chunks: list[np.ndarray]) -> int:
     n = 0
     for out in resampler.resample(frame):
         array = out.to_ndarray()
@@ -109,12 +110,12 @@ def _resample_into(resampler, frame, chunks: list[np.ndarray]) -> int:
     return n
 
 
-def _declared_duration(container, stream) -> float | None:
+def _declared_duration(container: Any, stream: Any) -> float | None:
     """What the file's headers claim, used to detect cut-off downloads."""
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
-        return container.duration / 1_000_000
+        return float(container.duration) / 1_000_000
     return None
 
 

@@ -81,6 +81,7 @@ class ConfigError(RescoredError):
 
 # -- pipeline ------------------------------------------------------------------------------------
 
+
 class PipelineError(RescoredError):
     """A failure of one pipeline stage.
 
@@ -92,8 +93,7 @@ class PipelineError(RescoredError):
     code = "pipeline_error"
     retryable: bool = True
 
-    def __init__(self, message: str, *, stage: str = "pipeline", retryable: bool | None = None,
-                 attempts: int = 1):
+    def __init__(self, message: str, *, stage: str = "pipeline", retryable: bool | None = None, attempts: int = 1):
         super().__init__(message)
         self.stage = stage
         if retryable is not None:
@@ -102,8 +102,13 @@ class PipelineError(RescoredError):
 
     def to_dict(self) -> dict[str, Any]:
         """The job record's ``error`` (and the WebSocket's)."""
-        return {"type": type(self).__name__, "code": self.code, "message": self.message, "stage": self.stage,
-                "retryable": self.retryable}
+        return {
+            "type": type(self).__name__,
+            "code": self.code,
+            "message": self.message,
+            "stage": self.stage,
+            "retryable": self.retryable,
+        }
 
 
 class RetryableError(PipelineError):
@@ -151,8 +156,7 @@ class JobCancelled(PipelineError):
     code = "job_cancelled"
     retryable = False
 
-    def __init__(self, message: str = "cancelled by the user", *, job_id: str | None = None,
-                 stage: str = "pipeline"):
+    def __init__(self, message: str = "cancelled by the user", *, job_id: str | None = None, stage: str = "pipeline"):
         super().__init__(message, stage=stage, retryable=False)
         self.job_id = job_id
 
@@ -198,6 +202,7 @@ def log_unexpected(exc: BaseException, stage: str) -> None:
 
 
 # -- the service's answers -----------------------------------------------------------------------
+
 
 class ServiceError(RescoredError):
     """The service refused a request: ``status_code`` (4xx/5xx), ``code``, ``message``."""
@@ -265,8 +270,19 @@ class InternalError(ServiceError):
 
 
 SERVICE_ERRORS: dict[str, type[ServiceError]] = {
-    cls.code: cls for cls in (InvalidRequest, Unauthorized, Forbidden, NotFound, JobNotFound, MethodNotAllowed,
-                              LengthRequired, PayloadTooLarge, RateLimited, InternalError)
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        JobNotFound,
+        MethodNotAllowed,
+        LengthRequired,
+        PayloadTooLarge,
+        RateLimited,
+        InternalError,
+    )
 }
 """Every ``error.code`` the service answers with, and the class the SDK raises for it."""
 
@@ -283,12 +299,12 @@ def service_error(status_code: int, body: Any) -> ServiceError:
     cls = SERVICE_ERRORS.get(str(code)) or _BY_STATUS.get(status_code, ServiceError)
     details = {k: v for k, v in body.items() if k != "error"} if isinstance(body, dict) else {}
     if cls is RateLimited:
-        return RateLimited(message, float(details.get("retry_after_seconds") or 0), status_code=status_code,
-                           **details)
+        return RateLimited(message, float(details.get("retry_after_seconds") or 0), status_code=status_code, **details)
     return cls(message, status_code=status_code, **details)
 
 
 # -- the rest ------------------------------------------------------------------------------------
+
 
 class BatchFailed(RescoredError):
     """SDK: a batch run submitted through the Ray Jobs API ended without succeeding."""

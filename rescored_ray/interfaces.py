@@ -9,7 +9,8 @@ check every implementation against them. No Ray here.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 from rescored_ray.types import Audio, Note
 
@@ -36,8 +37,9 @@ class StemSeparator(Protocol):
         """Where the last song was separated (see :func:`rescored_ray.timeline.ran_on`)."""
         ...
 
-    def separate(self, audio: Audio, progress: FractionCallback | None = None,
-                 checkpoint: Checkpoint | None = None) -> dict[str, Audio]:
+    def separate(
+        self, audio: Audio, progress: FractionCallback | None = None, checkpoint: Checkpoint | None = None
+    ) -> dict[str, Audio]:
         """Stems of ``audio`` by name. ``progress`` follows the work; ``checkpoint`` is called
         between chunks, and an exception it raises abandons the song at once."""
         ...
@@ -52,7 +54,8 @@ class NoteTranscriber(Protocol):
         """Where the last stems were transcribed, one entry per call."""
         ...
 
-    def transcribe_stems(self, stems: Mapping[str, Audio], wanted: Iterable[str] | None = None,
-                         progress: StemCallback | None = None) -> dict[str, list[Note]]:
+    def transcribe_stems(
+        self, stems: Mapping[str, Audio], wanted: Iterable[str] | None = None, progress: StemCallback | None = None
+    ) -> dict[str, list[Note]]:
         """Notes of each wanted pitched stem that ``stems`` has (the mix when it is all there is)."""
         ...

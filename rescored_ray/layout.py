@@ -18,8 +18,8 @@ No third-party imports: the SDK uses this module too.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 NAME = "{name}"
 NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,32}$")
@@ -58,7 +58,7 @@ class Output:
             return "" if file == self.file else None
         head, tail = self.file.split(NAME)
         if file.startswith(head) and file.endswith(tail):
-            name = file[len(head):len(file) - len(tail)]
+            name = file[len(head) : len(file) - len(tail)]
             if NAME_PATTERN.match(name):
                 return name
         return None
@@ -113,7 +113,7 @@ def route_of(path: str) -> str:
     if found is None or found[0].route is None:
         raise KeyError(f"the service does not serve {path!r}")
     row, name = found
-    route = row.route.replace(NAME, name) if row.multi else row.route
+    route = (row.route or "").replace(NAME, name)
     return f"/{route}" if route else ""
 
 
@@ -128,4 +128,3 @@ def resolve(route: str, name: str | None = None) -> tuple[Output, str] | None:
             return row, row.file_for(name)
         return (row, row.file) if name is None else None
     return None
-

@@ -17,8 +17,15 @@ from rescored_ray.options import JobOptions
 from rescored_ray.score import Score
 
 
-def transcribe(source: str, output_dir: str | Path | None = None, *, config: str | Path | PipelineConfig | None = None,
-               progress: bool = True, use_ray: bool | None = None, **options: Any) -> Score:
+def transcribe(
+    source: str,
+    output_dir: str | Path | None = None,
+    *,
+    config: str | Path | PipelineConfig | None = None,
+    progress: bool = True,
+    use_ray: bool | None = None,
+    **options: Any,
+) -> Score:
     """Transcribe ``source`` (URL or local file) and return its :class:`Score`.
 
     ``config`` is the pipeline's settings or a settings file (:mod:`rescored_ray.settings`);
@@ -67,7 +74,7 @@ def _run_here(source: str, cfg: PipelineConfig, folder: Path, progress: bool) ->
             bar.close()
 
 
-def _run_remote(source: str, settings: dict) -> dict[str, bytes]:
+def _run_remote(source: str, settings: dict[str, Any]) -> dict[str, bytes]:
     """Runs on a cluster node: the whole job in a temp folder, every file back as bytes."""
     with tempfile.TemporaryDirectory(prefix="rescored_task_") as tmp:
         _run_here(source, PipelineConfig.model_validate(settings), Path(tmp), progress=False)

@@ -23,8 +23,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rescored_ray.timeline import StageSpan
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +46,52 @@ class MetricSpec:
 
 METRICS: dict[str, MetricSpec] = {
     "rescored_jobs_submitted_total": MetricSpec(
-        "counter", "Submissions accepted (deduplicated=true: joined an existing job).", ("priority", "deduplicated")),
+        "counter", "Submissions accepted (deduplicated=true: joined an existing job).", ("priority", "deduplicated")
+    ),
     "rescored_jobs_completed_total": MetricSpec("counter", "Jobs completed.", ("priority",)),
     "rescored_jobs_failed_total": MetricSpec(
-        "counter", "Jobs failed for good (after retries, or permanent errors at once).",
-        ("priority", "stage", "retryable")),
+        "counter",
+        "Jobs failed for good (after retries, or permanent errors at once).",
+        ("priority", "stage", "retryable"),
+    ),
     "rescored_jobs_cancelled_total": MetricSpec("counter", "Jobs cancelled by their users.", ("priority",)),
     "rescored_job_retries_total": MetricSpec(
-        "counter", "Attempts that will be retried: a transient error, or a worker lost mid-job (lease expired).",
-        ("stage", "reason")),
+        "counter",
+        "Attempts that will be retried: a transient error, or a worker lost mid-job (lease expired).",
+        ("stage", "reason"),
+    ),
     "rescored_queue_depth": MetricSpec("gauge", "Jobs waiting in the queue.", ("priority",)),
     "rescored_jobs_running": MetricSpec("gauge", "Jobs leased by a worker now."),
     "rescored_worker_slots": MetricSpec("gauge", "Worker slots seen by the ledger, busy or idle.", ("state",)),
     "rescored_queue_wait_seconds": MetricSpec(
-        "histogram", "Time from submission to a worker taking the job.", ("priority",), tuple(JOB_BUCKETS_S)),
+        "histogram", "Time from submission to a worker taking the job.", ("priority",), tuple(JOB_BUCKETS_S)
+    ),
     "rescored_job_seconds": MetricSpec(
-        "histogram", "Time from submission to completion.", ("priority",), tuple(JOB_BUCKETS_S)),
+        "histogram", "Time from submission to completion.", ("priority",), tuple(JOB_BUCKETS_S)
+    ),
     "rescored_stage_seconds": MetricSpec(
-        "histogram", "Duration of one pipeline stage of one song.", ("stage", "path", "ok"), tuple(STAGE_BUCKETS_S)),
+        "histogram", "Duration of one pipeline stage of one song.", ("stage", "path", "ok"), tuple(STAGE_BUCKETS_S)
+    ),
     "rescored_audio_seconds_total": MetricSpec("counter", "Seconds of audio transcribed.", ("path",)),
     "rescored_model_load_seconds": MetricSpec("gauge", "Time the model holder took to load its model.", ("model",)),
     "rescored_gpu_cpu_fallbacks_total": MetricSpec(
-        "counter", "Songs moved from the GPU to the CPU after a CUDA out-of-memory error.", ("model",)),
+        "counter", "Songs moved from the GPU to the CPU after a CUDA out-of-memory error.", ("model",)
+    ),
     "rescored_batch_entries_total": MetricSpec(
-        "counter", "Batch entries finished, by outcome (completed, failed, skipped).", ("status", "stage")),
+        "counter", "Batch entries finished, by outcome (completed, failed, skipped).", ("status", "stage")
+    ),
 }
 
 _lock = threading.Lock()
 _objects: dict[str, Any] = {}
-_gauges: dict[tuple[str, tuple], tuple[float, dict | None]] = {}  # (name, tags) -> last value, kept alive
+_gauges: dict[
+    tuple[str, tuple[tuple[str, str], ...]], tuple[float, dict[str, Any] | None]
+] = {}  # (name, tags) -> last value, kept alive
 _keeper: threading.Thread | None = None
 GAUGE_REFRESH_S = 1.0
 
 
-def _metric(name: str):
+def _metric(name: str) -> Any:
     with _lock:
         if name not in _objects:
             from ray.util import metrics
@@ -86,8 +102,9 @@ def _metric(name: str):
             elif spec.kind == "gauge":
                 _objects[name] = metrics.Gauge(name, spec.description, tag_keys=spec.tags)
             else:
-                _objects[name] = metrics.Histogram(name, spec.description, boundaries=list(spec.boundaries),
-                                                   tag_keys=spec.tags)
+                _objects[name] = metrics.Histogram(
+                    name, spec.description, boundaries=list(spec.boundaries), tag_keys=spec.tags
+                )
         return _objects[name]
 
 
@@ -146,10 +163,10 @@ def _record(name: str, method: str, value: float, tags: dict[str, Any]) -> None:
         log.debug("could not record %s", name, exc_info=True)
 
 
-def stage_listener(path: str):
+def stage_listener(path: str) -> Callable[[StageSpan], None]:
     """A :class:`~rescored_ray.timeline.Timeline` listener recording ``rescored_stage_seconds``."""
 
-    def record(span) -> None:
+    def record(span: StageSpan) -> None:
         observe("rescored_stage_seconds", span.seconds, stage=span.stage, path=path, ok=span.ok)
 
     return record

@@ -24,7 +24,8 @@ import ipaddress
 import socket
 import threading
 import urllib.parse
-from typing import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from rescored_ray.errors import NonPublicAddress, NonRetryableError
 
@@ -68,7 +69,7 @@ def is_public(address: Address | str, allowed: tuple[Network, ...] = ()) -> bool
     return address.is_global and not address.is_multicast
 
 
-def check_url(url: str, allowed: tuple[Network, ...] = (), resolve=socket.getaddrinfo) -> None:
+def check_url(url: str, allowed: tuple[Network, ...] = (), resolve: Callable[..., Any] = socket.getaddrinfo) -> None:
     """Refuse (NonRetryableError, stage "source") a URL that is not http(s) or whose host
     resolves to a non-public address. An unresolvable host passes: the download then fails
     as a transient error, which is right for a DNS hiccup."""
@@ -109,11 +110,11 @@ def unguard_connections() -> None:
         socket.getaddrinfo = _original_getaddrinfo
 
 
-def _guarded_getaddrinfo(host, port, *args, **kwargs):
+def _guarded_getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
     infos = _original_getaddrinfo(host, port, *args, **kwargs)
     allowed = _allowed
     if allowed is not None:
         for info in infos:
-            if info[0] in (socket.AF_INET, socket.AF_INET6) and not is_public(info[4][0], allowed):
+            if info[0] in (socket.AF_INET, socket.AF_INET6) and not is_public(str(info[4][0]), allowed):
                 raise NonPublicAddress(f"refused: {host!r} {REFUSAL} ({info[4][0]})")
     return infos

@@ -11,8 +11,9 @@ Only pydantic is imported: the SDK uses this module too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Mapping
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,6 +21,7 @@ from rescored_ray.layout import NAME_PATTERN
 
 if TYPE_CHECKING:
     from rescored_ray.config import PipelineConfig
+
 
 def _stem_name(name: str) -> str:
     if not NAME_PATTERN.match(name) or "-" in name:
@@ -45,13 +47,17 @@ class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     separation: Annotated[str | None, Sets("separation.model", "--separation")] = Field(
-        None, max_length=64, description="Demucs model name, or 'none' (the service accepts only its deployed one).")
+        None, max_length=64, description="Demucs model name, or 'none' (the service accepts only its deployed one)."
+    )
     stems: Annotated[list[StemName] | None, Sets("transcription.stems", "--stems")] = Field(
-        None, max_length=8, description="Stems to transcribe (comma-separated on the command line).")
+        None, max_length=8, description="Stems to transcribe (comma-separated on the command line)."
+    )
     tempo_override: Annotated[float | None, Sets("notation.tempo_override", "--tempo")] = Field(
-        None, gt=0, le=400, description="Tempo in BPM instead of estimating it.")
+        None, gt=0, le=400, description="Tempo in BPM instead of estimating it."
+    )
     key_override: Annotated[str | None, Sets("notation.key_override", "--key")] = Field(
-        None, max_length=32, description="Key (e.g. Gm, 'E- major') instead of estimating it.")
+        None, max_length=32, description="Key (e.g. Gm, 'E- major') instead of estimating it."
+    )
 
     @classmethod
     def of(cls, options: Mapping[str, Any]) -> JobOptions:

@@ -1,8 +1,8 @@
 """The whole job, one song: download -> decode -> separate -> transcribe -> notate.
 
 :class:`Pipeline` holds the loaded models (Demucs, Basic Pitch) and runs songs through
-them with a progress callback ``(percent, stage, message)`` in the Celery design's
-bands: download 5-20, separation 20-50, transcription 50-90, musicxml 90-100. The
+them with a progress callback ``(percent, stage, message)`` in the job design's
+bands (docs/architecture.md): download 5-20, separation 20-50, transcription 50-90, musicxml 90-100. The
 per-job temp dir is removed whatever happens. It imports no Ray: the Serve and batch
 layers wrap it.
 """
@@ -13,10 +13,11 @@ import logging
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rescored_ray import decode, layout, notation, outputs, source
 from rescored_ray.config import PipelineConfig
@@ -63,7 +64,7 @@ class PipelineResult:
     time_offset_s: float = 0.0
     """Audio time of the score's first beat (the quantisation grid's phase)."""
     warnings: list[str] = field(default_factory=list)
-    timeline: list[dict] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
     """Each stage's wall-clock span and the workers that ran it (see :mod:`rescored_ray.timeline`)."""
     notes: list[Note] = field(default_factory=list, repr=False)
     """The cleaned notes behind the score, in seconds (not written to result.json)."""
@@ -84,11 +85,11 @@ class StageProgress:
     def __init__(self, callback: ProgressCallback | None):
         self.callback = callback
         self.percent = 0
-        self.last: tuple | None = None
+        self.last: tuple[int, str, str] | None = None
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
         low, high = BANDS[stage]
-        percent = max(self.percent, int(round(low + (high - low) * max(0.0, min(1.0, fraction)))))
+        percent = max(self.percent, round(low + (high - low) * max(0.0, min(1.0, fraction))))
         self.percent = percent
         update = (percent, "download" if stage == "decode" else stage, message)
         if self.callback is not None and update != self.last:  # repeats would only flood listeners
@@ -99,8 +100,13 @@ class StageProgress:
 class Pipeline:
     """Runs songs through the models it holds; models load once, on first use."""
 
-    def __init__(self, config: PipelineConfig | None = None, *, separator: StemSeparator | None = None,
-                 transcriber: NoteTranscriber | None = None):
+    def __init__(
+        self,
+        config: PipelineConfig | None = None,
+        *,
+        separator: StemSeparator | None = None,
+        transcriber: NoteTranscriber | None = None,
+    ):
         self.config = config or PipelineConfig()
         self._separator = separator
         self._transcriber = transcriber
@@ -156,15 +162,22 @@ class Pipeline:
             check()
             notes = self.transcribe(stems, report=report, timeline=timeline)
             check()
-            result = self.write(job_id, src, title, audio, stems, notes, Path(output_dir),
-                                report=report, timeline=timeline)
+            result = self.write(
+                job_id, src, title, audio, stems, notes, Path(output_dir), report=report, timeline=timeline
+            )
         report("musicxml", 1.0, "Transcription complete")
         return result
 
     # -- the stages, each callable on its own (the batch path runs them on different workers)
-    def acquire(self, src: str, workdir: Path, *, report: StageProgress | None = None,
-                checkpoint: Checkpoint | None = None,
-                timeline: Timeline | None = None) -> tuple[str | None, Audio]:
+    def acquire(
+        self,
+        src: str,
+        workdir: Path,
+        *,
+        report: StageProgress | None = None,
+        checkpoint: Checkpoint | None = None,
+        timeline: Timeline | None = None,
+    ) -> tuple[str | None, Audio]:
         """Validate, download (into ``workdir``) and decode ``src``: ``(title, audio)``."""
         cfg = self.config
         report = report or StageProgress(None)
@@ -172,22 +185,32 @@ class Pipeline:
         report("download", 0.0, "Validating source")
         with timeline.stage("download"):
             parsed = _in_stage("source", lambda: source.parse_source(src, cfg.source))
-            fetched = _in_stage("download", lambda: source.fetch(
-                parsed, workdir, cfg.source,
-                progress=lambda f: report("download", f, "Downloading audio")))
+            fetched = _in_stage(
+                "download",
+                lambda: source.fetch(
+                    parsed, workdir, cfg.source, progress=lambda f: report("download", f, "Downloading audio")
+                ),
+            )
         if checkpoint is not None:
             checkpoint()
         report("decode", 0.0, "Decoding audio")
         with timeline.stage("decode"):
-            audio = _in_stage("decode", lambda: decode.decode_audio(
-                fetched.path, max_duration_s=cfg.source.max_duration_s))
+            audio = _in_stage(
+                "decode", lambda: decode.decode_audio(fetched.path, max_duration_s=cfg.source.max_duration_s)
+            )
         if parsed.is_remote:
             fetched.path.unlink(missing_ok=True)  # the decoded array is all we need now
         report("decode", 1.0, f"Decoded {audio.duration_s:.1f} s of audio")
         return fetched.title, audio
 
-    def separate(self, audio: Audio, *, report: StageProgress | None = None, checkpoint: Checkpoint | None = None,
-                 timeline: Timeline | None = None) -> dict[str, Audio]:
+    def separate(
+        self,
+        audio: Audio,
+        *,
+        report: StageProgress | None = None,
+        checkpoint: Checkpoint | None = None,
+        timeline: Timeline | None = None,
+    ) -> dict[str, Audio]:
         """Stems of ``audio`` (``{"mix": audio}`` when separation is off)."""
         report = report or StageProgress(None)
         timeline = Timeline() if timeline is None else timeline
@@ -196,15 +219,18 @@ class Pipeline:
             return {"mix": audio}
         report("separation", 0.0, f"Separating stems with {self.config.separation.model}")
         with timeline.stage("separation") as span:
-            stems = _in_stage("separation", lambda: self.separator.separate(
-                audio,
-                progress=lambda f: report("separation", f, "Separating stems"),
-                checkpoint=checkpoint))
+            stems = _in_stage(
+                "separation",
+                lambda: self.separator.separate(
+                    audio, progress=lambda f: report("separation", f, "Separating stems"), checkpoint=checkpoint
+                ),
+            )
             span.workers = ran_on(self.separator)
         return stems
 
-    def transcribe(self, stems: dict[str, Audio], *, report: StageProgress | None = None,
-                   timeline: Timeline | None = None) -> dict[str, list[Note]]:
+    def transcribe(
+        self, stems: dict[str, Audio], *, report: StageProgress | None = None, timeline: Timeline | None = None
+    ) -> dict[str, list[Note]]:
         """Notes of each wanted pitched stem (the mix when nothing was separated)."""
         report = report or StageProgress(None)
         timeline = Timeline() if timeline is None else timeline
@@ -212,21 +238,38 @@ class Pipeline:
         wanted = self.config.transcription.stems if "mix" not in stems else ["mix"]
         missing = [name for name in wanted if name not in stems]
         if missing and "mix" not in stems:
-            log.warning("stems %s not produced by %s; available: %s", missing, self.config.separation.model, list(stems))
+            log.warning(
+                "stems %s not produced by %s; available: %s", missing, self.config.separation.model, list(stems)
+            )
             if not stems_to_transcribe(stems, wanted):  # an empty score would hide the mistake
                 raise NonRetryableError(
                     f"none of the requested stems {wanted} is produced by {self.config.separation.model} "
-                    f"(it produces {', '.join(stems)}; drums are never transcribed)", stage="transcription")
+                    f"(it produces {', '.join(stems)}; drums are never transcribed)",
+                    stage="transcription",
+                )
         with timeline.stage("transcription") as span:
-            notes = _in_stage("transcription", lambda: self.transcriber.transcribe_stems(
-                stems, wanted,
-                progress=lambda f, name: report("transcription", f, f"Transcribed {name}")))
+            notes = _in_stage(
+                "transcription",
+                lambda: self.transcriber.transcribe_stems(
+                    stems, wanted, progress=lambda f, name: report("transcription", f, f"Transcribed {name}")
+                ),
+            )
             span.workers = ran_on(self.transcriber)
         return notes
 
-    def write(self, job_id: str, src: str, title: str | None, audio: Audio, stems: dict[str, Audio],
-              notes: dict[str, list[Note]], output_dir: Path, *, report: StageProgress | None = None,
-              timeline: Timeline | None = None) -> PipelineResult:
+    def write(
+        self,
+        job_id: str,
+        src: str,
+        title: str | None,
+        audio: Audio,
+        stems: dict[str, Audio],
+        notes: dict[str, list[Note]],
+        output_dir: Path,
+        *,
+        report: StageProgress | None = None,
+        timeline: Timeline | None = None,
+    ) -> PipelineResult:
         """Notate ``notes`` and write the score, MIDI, stems, preview and result.json."""
         cfg = self.config
         report = report or StageProgress(None)
@@ -240,8 +283,10 @@ class Pipeline:
             return output_dir / written[-1]
 
         with timeline.stage("notation"):
-            notated = _in_stage("notation", lambda: notation.notate(
-                notes, cfg.notation, audio=audio.samples, sample_rate=audio.sample_rate))
+            notated = _in_stage(
+                "notation",
+                lambda: notation.notate(notes, cfg.notation, audio=audio.samples, sample_rate=audio.sample_rate),
+            )
             output_dir.mkdir(parents=True, exist_ok=True)
             score_file = target("musicxml")
             with outputs.atomic_path(score_file) as tmp:

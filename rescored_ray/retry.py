@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from rescored_ray.errors import PipelineError
 
@@ -18,7 +19,7 @@ T = TypeVar("T")
 
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
     """Wait before retry number ``attempt`` (1-based): base, 2x base, 4x base ... capped at ``max_s``."""
-    return min(max_s, base_s * 2 ** max(0, attempt - 1))
+    return float(min(max_s, base_s * 2 ** max(0, attempt - 1)))
 
 
 def call_with_retries(
@@ -41,7 +42,13 @@ def call_with_retries(
             if not exc.retryable or attempt > max_retries:
                 raise
             delay = backoff_delay(attempt, base_s, max_s)
-            log.warning("transient failure in %s (attempt %d of %d), retrying in %.1f s: %s",
-                        exc.stage, attempt, max_retries + 1, delay, exc)
+            log.warning(
+                "transient failure in %s (attempt %d of %d), retrying in %.1f s: %s",
+                exc.stage,
+                attempt,
+                max_retries + 1,
+                delay,
+                exc,
+            )
             sleep(delay)
             attempt += 1

@@ -12,8 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +37,7 @@ class Score:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_dir(cls, folder: str | Path) -> "Score":
+    def from_dir(cls, folder: str | Path) -> Score:
         """A Score of an output folder (``rescored-ray transcribe`` / a batch entry / ``save``)."""
         folder = Path(folder)
         result_file = folder / layout.file("result")
@@ -45,8 +47,11 @@ class Score:
     @staticmethod
     def served(result: Mapping[str, Any]) -> list[str]:
         """The files of a job's ``outputs`` that the service serves (all but ``result.json``)."""
-        return [name for name in result.get("outputs") or []
-                if (found := layout.kind_of(name)) is not None and found[0].route is not None]
+        return [
+            name
+            for name in result.get("outputs") or []
+            if (found := layout.kind_of(name)) is not None and found[0].route is not None
+        ]
 
     # -- data ---------------------------------------------------------------------------------
     @property
@@ -90,8 +95,9 @@ class Score:
 
         rows = list(csv.DictReader(io.StringIO(self.output("notes").decode("utf-8"))))
         frame = pd.DataFrame(rows, columns=list(outputs.NOTES_CSV_COLUMNS))
-        return frame.astype({"pitch": "int16", "start_s": "float64", "end_s": "float64", "velocity": "int16",
-                             "amplitude": "float32"})
+        return frame.astype(
+            {"pitch": "int16", "start_s": "float64", "end_s": "float64", "velocity": "int16", "amplitude": "float32"}
+        )
 
     @property
     def key(self) -> str | None:
@@ -109,7 +115,7 @@ class Score:
     def title(self) -> str | None:
         return self.result.get("title")
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write every output file (score, MIDI, notes, stems, ...) and result.json into ``folder``."""
         folder = Path(folder)
         for name in self.served(self.result):
@@ -132,11 +138,20 @@ class Score:
         return self.svg()
 
     def _repr_html_(self) -> str:
-        caption = " · ".join(str(part) for part in (
-            self.title, self.key, f"{self.tempo:g} bpm" if self.tempo else None,
-            f"{self.result.get('n_notes')} notes" if self.result.get("n_notes") is not None else None) if part)
+        caption = " · ".join(
+            str(part)
+            for part in (
+                self.title,
+                self.key,
+                f"{self.tempo:g} bpm" if self.tempo else None,
+                f"{self.result.get('n_notes')} notes" if self.result.get("n_notes") is not None else None,
+            )
+            if part
+        )
         return f"<figure style='margin:0'>{self.svg()}<figcaption>{caption}</figcaption></figure>"
 
     def __repr__(self) -> str:
-        return (f"Score(job_id={self.job_id!r}, key={self.key!r}, tempo={self.tempo!r}, "
-                f"n_notes={self.result.get('n_notes')!r}, stems={self.stem_names!r})")
+        return (
+            f"Score(job_id={self.job_id!r}, key={self.key!r}, tempo={self.tempo!r}, "
+            f"n_notes={self.result.get('n_notes')!r}, stems={self.stem_names!r})"
+        )

@@ -12,9 +12,10 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,10 @@ KNOWN_MODELS = ("htdemucs", "htdemucs_6s", "htdemucs_ft", "demucs_unittest")
 FOUR_STEMS = ["drums", "bass", "other", "vocals"]
 SIX_STEMS = ["drums", "bass", "other", "vocals", "guitar", "piano"]
 
+DemucsModel = Any
+r"""A Demucs model or bag of models (Demucs is untyped; they are ``torch.nn.Module``\ s with ``sources``,
+``samplerate`` and ``segment``)."""
+
 __all__ = ["ModelLoadError", "Separator", "apply_batched", "load_demucs", "random_htdemucs", "resolve_device"]
 
 
@@ -41,13 +46,13 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def load_demucs(name: str, repo: str | os.PathLike | None = None) -> torch.nn.Module:
+def load_demucs(name: str, repo: str | os.PathLike[str] | None = None) -> DemucsModel:
     """Load a Demucs model (or bag of models) the way ``demucs.pretrained`` does,
     with errors that say why instead of Demucs' ``sys.exit``."""
     from demucs.pretrained import get_model
 
     if name.startswith(RANDOM_PREFIX):
-        return random_htdemucs(name[len(RANDOM_PREFIX):])
+        return random_htdemucs(name[len(RANDOM_PREFIX) :])
     repo_path = Path(repo).expanduser() if repo else None
     if repo_path is not None and not repo_path.is_dir():
         raise ModelLoadError(f"Demucs repo folder {repo_path} does not exist or is not a folder", stage=STAGE)
@@ -77,7 +82,7 @@ def _load_failure_message(name: str, repo: Path | None, exc: BaseException) -> s
     )
 
 
-def random_htdemucs(name: str = "htdemucs") -> torch.nn.Module:
+def random_htdemucs(name: str = "htdemucs") -> DemucsModel:
     """A full-size HTDemucs with random weights: the real model's compute, no real output.
 
     For benchmarks on machines that cannot download weights. Its stems are noise.
@@ -95,7 +100,7 @@ def random_htdemucs(name: str = "htdemucs") -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int):
+def _seeded(seed: int) -> Iterator[None]:
     """Seed torch for model construction without touching the caller's random state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -105,7 +110,7 @@ def _seeded(seed: int):
 class Separator:
     """Holds one Demucs model and separates songs into stems."""
 
-    def __init__(self, config: SeparationConfig | None = None, *, model: torch.nn.Module | None = None):
+    def __init__(self, config: SeparationConfig | None = None, *, model: DemucsModel | None = None):
         self.config = config or SeparationConfig()
         if not self.config.enabled:
             raise ValueError("separation is switched off (model: none); do not build a Separator")
@@ -174,12 +179,14 @@ class Separator:
         }
 
     @property
-    def ran_on(self) -> list[dict]:
+    def ran_on(self) -> list[dict[str, Any]]:
         """Where the last song was separated (``cpu (fallback)`` after a CUDA OOM); see
         :func:`rescored_ray.timeline.ran_on`."""
         return [{"device": self.last_device, "model": self.name}]
 
-    def _apply_with_fallback(self, mix, progress, checkpoint) -> torch.Tensor:
+    def _apply_with_fallback(
+        self, mix: torch.Tensor, progress: FractionCallback | None, checkpoint: Checkpoint | None
+    ) -> torch.Tensor:
         self.last_device = str(self.device)
         try:
             return self._apply(mix, self.device, progress, checkpoint)
@@ -187,8 +194,11 @@ class Separator:
             if self.device.type != "cuda":
                 raise
             self.cpu_fallbacks += 1
-            log.warning("CUDA out of memory separating a %.0f s song (%s); retrying this song on the CPU",
-                        mix.shape[-1] / self.sample_rate, exc)
+            log.warning(
+                "CUDA out of memory separating a %.0f s song (%s); retrying this song on the CPU",
+                mix.shape[-1] / self.sample_rate,
+                exc,
+            )
             torch.cuda.empty_cache()
             self.last_device = "cpu (fallback)"
             return self._apply(mix, torch.device("cpu"), progress, checkpoint)
@@ -197,21 +207,23 @@ class Separator:
                 raise RetryableError(f"out of memory during separation: {exc}", stage=STAGE) from exc
             raise
 
-    def _apply(self, mix: torch.Tensor, device: torch.device, progress, checkpoint) -> torch.Tensor:
+    def _apply(
+        self, mix: torch.Tensor, device: torch.device, progress: FractionCallback | None, checkpoint: Checkpoint | None
+    ) -> torch.Tensor:
         """One call of Demucs' ``apply_model`` on ``device`` (the model moves there)."""
         from demucs.apply import apply_model
 
         length = mix.shape[-1]
         cfg = self.config
 
-        def on_chunk(info: dict) -> None:
+        def on_chunk(info: dict[str, Any]) -> None:
             if checkpoint is not None:
                 checkpoint()
             if progress is not None and info.get("state") == "end":
                 segment = float(cfg.segment or getattr(self.model, "segment", 8.0) or 8.0)
                 done = min(1.0, (info.get("segment_offset", 0) + segment * self.sample_rate) / length)
                 passes = max(1, cfg.shifts)
-                fraction = (info.get("model_idx_in_bag", 0) + (info.get("shift_idx", 0) + done) / passes)
+                fraction = info.get("model_idx_in_bag", 0) + (info.get("shift_idx", 0) + done) / passes
                 progress(min(1.0, fraction / max(1, info.get("models", 1))))
 
         dtype = self.precision_for(device)
@@ -220,8 +232,14 @@ class Separator:
         )
         with torch.inference_mode(), autocast:
             if cfg.batch_chunks > 1 and cfg.shifts == 0:
-                out = apply_batched(self.model, mix.to(device), batch_chunks=cfg.batch_chunks, overlap=cfg.overlap,
-                                    segment=cfg.segment, callback=on_chunk)
+                out = apply_batched(
+                    self.model,
+                    mix.to(device),
+                    batch_chunks=cfg.batch_chunks,
+                    overlap=cfg.overlap,
+                    segment=cfg.segment,
+                    callback=on_chunk,
+                )
             else:
                 out = apply_model(
                     self.model,
@@ -236,9 +254,16 @@ class Separator:
         return out.float().cpu()
 
 
-def apply_batched(model, mix: torch.Tensor, *, batch_chunks: int, overlap: float = 0.25,
-                  segment: float | None = None, transition_power: float = 1.0,
-                  callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+def apply_batched(
+    model: DemucsModel,
+    mix: torch.Tensor,
+    *,
+    batch_chunks: int,
+    overlap: float = 0.25,
+    segment: float | None = None,
+    transition_power: float = 1.0,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> torch.Tensor:
     """Demucs' ``apply_model(split=True, shifts=0)`` with ``batch_chunks`` chunks per forward pass.
 
     The same chunks (Demucs' ``TensorChunk``, padded with the neighbouring audio), the same
@@ -251,16 +276,28 @@ def apply_batched(model, mix: torch.Tensor, *, batch_chunks: int, overlap: float
     from demucs.htdemucs import HTDemucs
 
     if isinstance(model, BagOfModels):
-        estimates, totals = 0.0, [0.0] * len(model.sources)
-        for index, (sub_model, weights) in enumerate(zip(model.models, model.weights)):
-            sub_callback = None if callback is None else (
-                lambda info, i=index: callback({**info, "model_idx_in_bag": i, "models": len(model.models)}))
-            out = apply_batched(sub_model, mix, batch_chunks=batch_chunks, overlap=overlap, segment=segment,
-                                transition_power=transition_power, callback=sub_callback)
+        estimates: torch.Tensor | None = None
+        totals = [0.0] * len(model.sources)
+        for index, (sub_model, weights) in enumerate(zip(model.models, model.weights, strict=True)):
+            sub_callback = (
+                None
+                if callback is None
+                else (lambda info, i=index: callback({**info, "model_idx_in_bag": i, "models": len(model.models)}))
+            )
+            out = apply_batched(
+                sub_model,
+                mix,
+                batch_chunks=batch_chunks,
+                overlap=overlap,
+                segment=segment,
+                transition_power=transition_power,
+                callback=sub_callback,
+            )
             for k, weight in enumerate(weights):
                 out[:, k] *= weight
                 totals[k] += weight
-            estimates = estimates + out
+            estimates = out if estimates is None else estimates + out
+        assert estimates is not None, "a bag of models has at least one model"
         for k in range(estimates.shape[1]):
             estimates[:, k] /= totals[k]
         return estimates
@@ -269,14 +306,18 @@ def apply_batched(model, mix: torch.Tensor, *, batch_chunks: int, overlap: float
     chunk_seconds = segment if segment is not None else model.segment
     segment_length = int(model.samplerate * chunk_seconds)
     stride = int((1 - overlap) * segment_length)
-    weight = torch.cat([torch.arange(1, segment_length // 2 + 1, device=mix.device),
-                        torch.arange(segment_length - segment_length // 2, 0, -1, device=mix.device)])
+    weight = torch.cat(
+        [
+            torch.arange(1, segment_length // 2 + 1, device=mix.device),
+            torch.arange(segment_length - segment_length // 2, 0, -1, device=mix.device),
+        ]
+    )
     weight = (weight / weight.max()) ** transition_power
     out = torch.zeros(batch, len(model.sources), channels, length, device=mix.device)
     sum_weight = torch.zeros(length, device=mix.device)
     offsets = list(range(0, length, stride))
     for start in range(0, len(offsets), batch_chunks):
-        group = offsets[start:start + batch_chunks]
+        group = offsets[start : start + batch_chunks]
         chunks = [TensorChunk(mix, offset, segment_length) for offset in group]
         padded = []
         for chunk in chunks:  # the padding apply_model's inner call gives each chunk
@@ -291,11 +332,11 @@ def apply_batched(model, mix: torch.Tensor, *, batch_chunks: int, overlap: float
             results = model(torch.cat(padded, dim=0)).split(batch, dim=0)
         else:  # models whose valid length depends on the chunk's: the short last chunk alone
             results = [model(p) for p in padded]
-        for offset, chunk, result in zip(group, chunks, results):
+        for offset, chunk, result in zip(group, chunks, results, strict=True):
             chunk_out = center_trim(result, chunk.length)
             chunk_length = chunk_out.shape[-1]
-            out[..., offset:offset + segment_length] += weight[:chunk_length] * chunk_out
-            sum_weight[offset:offset + segment_length] += weight[:chunk_length]
+            out[..., offset : offset + segment_length] += weight[:chunk_length] * chunk_out
+            sum_weight[offset : offset + segment_length] += weight[:chunk_length]
         if callback is not None:
             callback({"state": "end", "segment_offset": group[-1], "model_idx_in_bag": 0, "models": 1})
     return out / sum_weight

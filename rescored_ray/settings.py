@@ -28,8 +28,9 @@ import difflib
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -72,16 +73,27 @@ LEGACY_SERVICE_VARIABLES = {
 class Settings(BaseSettings):
     """Everything the project can be told, in three sections."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED, case_sensitive=False,
-                                      env_parse_none_str="null", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED,
+        case_sensitive=False,
+        env_parse_none_str="null",
+        extra="forbid",
+    )
 
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   **sources: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Only what load_settings() hands over: it layers file < environment < overrides itself, so
         # the environment is checked (unknown and deprecated names) once, and may be a given mapping.
         return (init_settings,)
@@ -143,6 +155,7 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- files -------------------------------------------------------------------------------------
 
+
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML file whose top level must be a mapping (an empty file is an empty one)."""
     loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -183,11 +196,13 @@ def sections_of(document: Mapping[str, Any], where: str) -> dict[str, Any]:
         return data
     section = next((name for name in ("pipeline", "batch", "service") if set(loose) <= set(_fields(name))), None)
     if section is None:
-        known = [name for name in Settings.model_fields] + [f for name in Settings.model_fields for f in _fields(name)]
+        known = list(Settings.model_fields) + [f for name in Settings.model_fields for f in _fields(name)]
         unknown = next(key for key in loose if key not in known)
         raise ConfigError(f"{where}: unknown key {unknown!r}{_did_you_mean(unknown, known)}")
-    _deprecated(f"{where}: top-level {', '.join(loose)} belong under '{section}:' (files without sections "
-                f"stop working in {REMOVED_IN})")
+    _deprecated(
+        f"{where}: top-level {', '.join(loose)} belong under '{section}:' (files without sections "
+        f"stop working in {REMOVED_IN})"
+    )
     data[section] = merge(loose, data.get(section) or {})
     return data
 
@@ -206,6 +221,7 @@ def _deprecated(message: str) -> None:
 
 
 # -- environment -------------------------------------------------------------------------------
+
 
 def variable_names() -> dict[str, tuple[str, ...]]:
     """Every settings variable (``RESCORED_PIPELINE__SEPARATION__MODEL``) and the path it sets,
@@ -267,8 +283,11 @@ def check_environment(environ: Mapping[str, str]) -> None:
             continue
         if _is_dict_entry(name, current):
             continue
-        choices = {**{n: n for n in current}, **{n: ENV_PREFIX + NESTED.join(p).upper() for n, p in legacy.items()},
-                   **{n: n for n in OTHER_VARIABLES}}
+        choices = {
+            **{n: n for n in current},
+            **{n: ENV_PREFIX + NESTED.join(p).upper() for n, p in legacy.items()},
+            **{n: n for n in OTHER_VARIABLES},
+        }
         raise ConfigError(f"unknown environment variable {raw}{_did_you_mean(name, list(choices), choices)}")
 
 

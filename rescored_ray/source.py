@@ -14,9 +14,10 @@ import logging
 import os
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rescored_ray.config import SourceConfig
 from rescored_ray.errors import NonRetryableError, PipelineError, RetryableError
@@ -25,8 +26,12 @@ log = logging.getLogger(__name__)
 
 STAGE = "download"
 YOUTUBE_HOSTS = {
-    "youtube.com", "www.youtube.com", "m.youtube.com", "music.youtube.com",
-    "youtube-nocookie.com", "www.youtube-nocookie.com",
+    "youtube.com",
+    "www.youtube.com",
+    "m.youtube.com",
+    "music.youtube.com",
+    "youtube-nocookie.com",
+    "www.youtube-nocookie.com",
 }
 YOUTUBE_SHORT_HOSTS = {"youtu.be", "www.youtu.be"}
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -66,7 +71,7 @@ class FetchedAudio:
     source: Source
     title: str | None = None
     duration_s: float | None = None
-    info: dict[str, Any] = field(default_factory=dict, repr=False)
+    info: dict[str, Any] = field(default_factory=dict[str, Any], repr=False)
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,12 @@ class PlaylistEntry:
     title: str | None = None
     duration_s: float | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "id": self.id, "url": self.url, "title": self.title, "duration_s": self.duration_s}
 
 
 # -- classification -----------------------------------------------------------------------------
+
 
 def parse_source(source: str, config: SourceConfig | None = None) -> Source:
     """Classify and normalise a user-supplied source, or refuse it with a clear message."""
@@ -101,7 +107,9 @@ def parse_source(source: str, config: SourceConfig | None = None) -> Source:
         youtube = _parse_youtube(parsed)
         if youtube is not None:
             return youtube
-        return Source("url", urllib.parse.urlunsplit((scheme, parsed.netloc.lower(), parsed.path or "/", parsed.query, "")))
+        return Source(
+            "url", urllib.parse.urlunsplit((scheme, parsed.netloc.lower(), parsed.path or "/", parsed.query, ""))
+        )
     if scheme and len(scheme) > 1:  # "C:" style drive letters are paths, anything else is a scheme
         raise NonRetryableError(
             f"unsupported source {text[:80]!r}: only http(s) URLs and local files are accepted", stage="source"
@@ -110,9 +118,7 @@ def parse_source(source: str, config: SourceConfig | None = None) -> Source:
     if not config.allow_local_files:
         raise NonRetryableError("local files are not accepted by this service: give an http(s) URL", stage="source")
     if not path.exists():
-        raise NonRetryableError(
-            f"{text[:200]!r} is neither an http(s) URL nor an existing local file", stage="source"
-        )
+        raise NonRetryableError(f"{text[:200]!r} is neither an http(s) URL nor an existing local file", stage="source")
     if not path.is_file():
         raise NonRetryableError(f"{text[:200]!r} is not a regular file", stage="source")
     return Source("local", str(path.resolve()))
@@ -146,6 +152,7 @@ def _parse_youtube(parsed: urllib.parse.SplitResult) -> Source | None:
 
 # -- yt-dlp -------------------------------------------------------------------------------------
 
+
 class _YtdlpLogger:
     """Routes yt-dlp's messages to logging and remembers errors for classification."""
 
@@ -160,7 +167,7 @@ class _YtdlpLogger:
         self.info(message)
 
     def info(self, message: str) -> None:
-        self.messages = self.messages[-50:] + [message]
+        self.messages = [*self.messages[-50:], message]
         log.debug("yt-dlp: %s", message)
 
     def warning(self, message: str) -> None:
@@ -208,13 +215,21 @@ def ytdlp_options(config: SourceConfig, workdir: Path | None = None, **extra: An
 
 PERMANENT_PATTERNS = [
     (re.compile(r"private video|video is private", re.I), "the video is private"),
-    (re.compile(r"confirm your age|age[- ]restricted|inappropriate for some users", re.I), "the video is age-restricted"),
+    (
+        re.compile(r"confirm your age|age[- ]restricted|inappropriate for some users", re.I),
+        "the video is age-restricted",
+    ),
     (re.compile(r"members[- ]only|join this channel|premium", re.I), "the video needs a membership or subscription"),
-    (re.compile(r"has been removed|no longer available|video unavailable|account .* terminated|copyright", re.I),
-     "the video is unavailable or was removed"),
+    (
+        re.compile(r"has been removed|no longer available|video unavailable|account .* terminated|copyright", re.I),
+        "the video is unavailable or was removed",
+    ),
     (re.compile(r"unsupported url", re.I), "no media found at this URL (unsupported page)"),
     (re.compile(r"HTTP Error (400|401|404|410|451)", re.I), "the server says the media does not exist ({0})"),
-    (re.compile(r"requested format is not available|no (audio|video) formats found", re.I), "no audio stream is offered"),
+    (
+        re.compile(r"requested format is not available|no (audio|video) formats found", re.I),
+        "no audio stream is offered",
+    ),
     (re.compile(r"is not a valid URL|invalid url", re.I), "the URL is not valid"),
     (re.compile(r"larger than max-filesize", re.I), "the file is larger than the download limit"),
     (re.compile(r"did not get any data blocks", re.I), "the server sent an empty file"),
@@ -226,8 +241,11 @@ def refuse_playlist(source: Source, stage: str) -> None:
     """One job takes one recording: a URL known to be a playlist is a permanent error.
     (Other playlists, RSS feeds, are only recognised by the probe.)"""
     if source.kind == "youtube_playlist":
-        raise NonRetryableError("this URL is a playlist: one job takes one recording; run playlists as a batch "
-                                "(rescored-ray batch, or Client.batch)", stage=stage)
+        raise NonRetryableError(
+            "this URL is a playlist: one job takes one recording; run playlists as a batch "
+            "(rescored-ray batch, or Client.batch)",
+            stage=stage,
+        )
 
 
 def classify_ytdlp_error(message: str) -> PipelineError:
@@ -252,8 +270,7 @@ def check_info(info: dict[str, Any], config: SourceConfig) -> None:
         entries = info.get("entries")
         count = len(entries) if isinstance(entries, (list, tuple)) else 0
         raise NonRetryableError(
-            f"this URL is a playlist ({count or 'several'} entries); submit it as a batch, "
-            "or give a single item's URL",
+            f"this URL is a playlist ({count or 'several'} entries); submit it as a batch, or give a single item's URL",
             stage=STAGE,
         )
     duration = info.get("duration")
@@ -273,7 +290,7 @@ def check_info(info: dict[str, Any], config: SourceConfig) -> None:
 
 def fetch(
     source: Source | str,
-    workdir: str | os.PathLike,
+    workdir: str | os.PathLike[str],
     config: SourceConfig | None = None,
     progress: DownloadProgress | None = None,
 ) -> FetchedAudio:
@@ -327,8 +344,15 @@ def expand_playlist(url: str, config: SourceConfig | None = None, max_entries: i
     with yt_dlp.YoutubeDL(options) as ydl:
         info = _call_ytdlp(lambda: ydl.extract_info(source.location, download=False, process=True), logger)
     if info.get("_type") not in ("playlist", "multi_video"):
-        return [PlaylistEntry(0, str(info.get("id") or source.key), info.get("webpage_url") or source.location,
-                              info.get("title"), _float_or_none(info.get("duration")))]
+        return [
+            PlaylistEntry(
+                0,
+                str(info.get("id") or source.key),
+                info.get("webpage_url") or source.location,
+                info.get("title"),
+                _float_or_none(info.get("duration")),
+            )
+        ]
     entries: list[PlaylistEntry] = []
     for index, entry in enumerate(info.get("entries") or []):
         if not entry:
@@ -338,7 +362,9 @@ def expand_playlist(url: str, config: SourceConfig | None = None, max_entries: i
             continue
         entry_url, _ = yt_dlp.utils.unsmuggle_url(entry_url)  # drop yt-dlp's private #__youtubedl_smuggle
         entry_id = str(entry.get("id") or f"{info.get('id', 'entry')}-{index}")
-        entries.append(PlaylistEntry(index, entry_id, entry_url, entry.get("title"), _float_or_none(entry.get("duration"))))
+        entries.append(
+            PlaylistEntry(index, entry_id, entry_url, entry.get("title"), _float_or_none(entry.get("duration")))
+        )
     return entries
 
 
@@ -365,8 +391,8 @@ def _call_ytdlp(call: Callable[[], Any], logger: _YtdlpLogger) -> Any:
     return result
 
 
-def _progress_hook(progress: DownloadProgress) -> Callable[[dict], None]:
-    def hook(status: dict) -> None:
+def _progress_hook(progress: DownloadProgress) -> Callable[[dict[str, Any]], None]:
+    def hook(status: dict[str, Any]) -> None:
         if status.get("status") == "finished":
             progress(1.0)
             return

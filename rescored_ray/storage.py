@@ -41,7 +41,7 @@ class ResultStore:
             return path
         return f"{self.uri.split('://', 1)[0]}://{path}"
 
-    def put_file(self, local: str | os.PathLike, key: str) -> str:
+    def put_file(self, local: str | os.PathLike[str], key: str) -> str:
         with open(local, "rb") as source:
             return self._put(source, key)
 
@@ -60,7 +60,7 @@ class ResultStore:
             self.fs.move(staging, target)
         return target
 
-    def put_dir(self, local_dir: str | os.PathLike, prefix: str) -> dict[str, str]:
+    def put_dir(self, local_dir: str | os.PathLike[str], prefix: str) -> dict[str, str]:
         """Upload every file under ``local_dir`` to ``prefix/``; returns relative name -> key."""
         local_dir = Path(local_dir)
         keys: dict[str, str] = {}
@@ -72,14 +72,17 @@ class ResultStore:
         return keys
 
     def exists(self, key: str) -> bool:
-        return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
+        return bool(self.fs.get_file_info(self.path(key)).type == pafs.FileType.File)
 
     def list_files(self, prefix: str) -> list[str]:
         """Keys of the files directly under ``prefix`` (sorted; none if it does not exist)."""
         selector = pafs.FileSelector(self.path(prefix), allow_not_found=True)
         root = self.root.rstrip("/") + "/"
-        return sorted(info.path[len(root):] for info in self.fs.get_file_info(selector)
-                      if info.type == pafs.FileType.File and not info.base_name.endswith(".partial"))
+        return sorted(
+            info.path[len(root) :]
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and not info.base_name.endswith(".partial")
+        )
 
     def delete(self, key: str) -> None:
         if self.exists(key):
@@ -87,7 +90,7 @@ class ResultStore:
 
     def read_bytes(self, key: str) -> bytes:
         with self.fs.open_input_stream(self.path(key)) as stream:
-            return stream.read()
+            return bytes(stream.read())
 
     def delete_prefix(self, prefix: str) -> None:
         target = self.path(prefix)

@@ -14,9 +14,10 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from typing import Any
 
 from rescored_ray import logs
 
@@ -31,9 +32,9 @@ class StageSpan:
     ended_at: float | None = None
     seconds: float = 0.0
     ok: bool = True
-    workers: list[dict] = field(default_factory=list)
+    workers: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["seconds"] = round(self.seconds, 4)
         return data
@@ -80,11 +81,11 @@ class Timeline:
             totals[span.stage] = totals.get(span.stage, 0.0) + span.seconds
         return totals
 
-    def to_list(self) -> list[dict]:
+    def to_list(self) -> list[dict[str, Any]]:
         return [span.to_dict() for span in self.spans]
 
 
-def ran_on(model, **extra) -> list[dict]:
+def ran_on(model: object, **extra: Any) -> list[dict[str, Any]]:
     """The workers a model reports for its last call (``model.ran_on``), on top of this
     process's identity; a remote model's own identity replaces ours key by key."""
     here = where()
@@ -92,14 +93,14 @@ def ran_on(model, **extra) -> list[dict]:
     return [{**here, **worker, **extra} for worker in reported]
 
 
-_IDENTITY: dict | None = None
+_IDENTITY: dict[str, Any] | None = None
 
 
-def where() -> dict:
+def where() -> dict[str, Any]:
     """This process: host and pid, plus Ray node and actor when Ray runs here."""
     global _IDENTITY
     if _IDENTITY is None or _IDENTITY.get("pid") != os.getpid():
-        identity: dict = {"host": socket.gethostname(), "pid": os.getpid()}
+        identity: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
         ray = sys.modules.get("ray")
         if ray is not None and getattr(ray, "is_initialized", lambda: False)():
             try:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import soxr
@@ -39,7 +40,7 @@ INPUT_NAME = "serving_default_input_2:0"
 
 
 @contextlib.contextmanager
-def _quiet_basic_pitch_import():
+def _quiet_basic_pitch_import() -> Iterator[None]:
     """basic_pitch/__init__ logs a warning per missing backend (TF, CoreML, TFLite)."""
     logging.disable(logging.WARNING)
     try:
@@ -48,7 +49,7 @@ def _quiet_basic_pitch_import():
         logging.disable(logging.NOTSET)
 
 
-def _basic_pitch():
+def _basic_pitch() -> Any:
     with _quiet_basic_pitch_import():
         import basic_pitch
         from basic_pitch import note_creation
@@ -95,7 +96,9 @@ class Transcriber:
             options.intra_op_num_threads = intra_op_threads
         started = time.perf_counter()
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=_providers(self.config.device))
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=_providers(self.config.device)
+            )
         except Exception as exc:
             raise NonRetryableError(f"cannot load the Basic Pitch model {path}: {exc}", stage=STAGE) from exc
         self.load_seconds = time.perf_counter() - started
@@ -105,7 +108,9 @@ class Transcriber:
         # model's dB scaling), so silent windows get the output of a lone zero window,
         # exactly as stock Basic Pitch computes them, and skip the model.
         silent = self._run(np.zeros((1, AUDIO_N_SAMPLES, 1), dtype=np.float32))
-        self._silent_output = {name: value[0] for name, value in zip(("note", "onset", "contour"), silent)}
+        self._silent_output = {
+            name: value[0] for name, value in zip(("note", "onset", "contour"), silent, strict=False)
+        }
         self._output_shapes = {name: value.shape for name, value in self._silent_output.items()}
         log.info("loaded Basic Pitch (%s) in %.2f s", self.providers[0], self.load_seconds)
 
@@ -117,19 +122,22 @@ class Transcriber:
         padded = np.concatenate([np.zeros(OVERLAP_LEN // 2, dtype=np.float32), mono])
         windows = _windows(padded)
         silent = ~np.any(windows, axis=(1, 2))
-        outputs = {name: np.empty((len(windows), *shape), dtype=np.float32) for name, shape in self._output_shapes.items()}
+        outputs = {
+            name: np.empty((len(windows), *shape), dtype=np.float32) for name, shape in self._output_shapes.items()
+        }
         for name in outputs:
             outputs[name][silent] = self._silent_output[name]
         active = np.flatnonzero(~silent)
         for start in range(0, len(active), self.batch_windows):
-            rows = active[start:start + self.batch_windows]
-            for name, value in zip(outputs, self._run(windows[rows])):
+            rows = active[start : start + self.batch_windows]
+            for name, value in zip(outputs, self._run(windows[rows]), strict=False):
                 outputs[name][rows] = value
         return {key: _unwrap(value, original_length) for key, value in outputs.items()}
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         try:
-            return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+            outputs: list[np.ndarray] = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+            return outputs
         except Exception as exc:  # onnxruntime raises plain RuntimeErrors (e.g. CUDA allocation)
             raise RetryableError(f"Basic Pitch inference failed: {exc}", stage=STAGE) from exc
 
@@ -138,9 +146,9 @@ class Transcriber:
         if isinstance(audio, Audio):
             samples, rate = audio.samples, audio.sample_rate
         else:
-            samples, rate = np.asarray(audio), sample_rate
-            if rate is None:
+            if sample_rate is None:
                 raise ValueError("sample_rate is required with a bare array")
+            samples, rate = np.asarray(audio), sample_rate
         mono = samples.mean(axis=0) if samples.ndim == 2 else samples
         mono = np.ascontiguousarray(mono, dtype=np.float32)
         if rate != MODEL_SAMPLE_RATE:
@@ -181,7 +189,7 @@ class Transcriber:
         return notes
 
     @property
-    def ran_on(self) -> list[dict]:
+    def ran_on(self) -> list[dict[str, Any]]:
         """The ONNX Runtime provider that runs the model (see :func:`rescored_ray.timeline.ran_on`)."""
         return [{"device": self.providers[0]}]
 
@@ -221,7 +229,7 @@ def _windows(padded: np.ndarray) -> np.ndarray:
     starts = range(0, padded.shape[0], HOP_SIZE)
     windows = np.zeros((len(starts), AUDIO_N_SAMPLES, 1), dtype=np.float32)
     for row, start in enumerate(starts):
-        chunk = padded[start:start + AUDIO_N_SAMPLES]
+        chunk = padded[start : start + AUDIO_N_SAMPLES]
         windows[row, : chunk.shape[0], 0] = chunk
     return windows
 

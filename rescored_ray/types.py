@@ -7,6 +7,7 @@ travel through Ray's object store unchanged in the Serve and batch paths.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,8 @@ class Audio:
         return self.frames / float(self.sample_rate)
 
     def mono(self) -> np.ndarray:
-        return self.samples.mean(axis=0)
+        mono: np.ndarray = self.samples.mean(axis=0)
+        return mono
 
 
 @dataclass(frozen=True)
@@ -52,5 +54,5 @@ class Note:
     def duration_s(self) -> float:
         return self.end_s - self.start_s
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -89,14 +89,24 @@ def media_set(tmp_path_factory) -> MediaSet:
     # fluidsynth runs as a subprocess and PyAV releases the GIL while encoding,
     # so threads overlap the work on multi-core machines.
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        f_chorale = pool.submit(_timed, timings, "render_chorale", render_chorale, d, CHORALE_CORPUS,
-                                tempo_bpm=CHORALE_TEMPO, name="chorale")
+        f_chorale = pool.submit(
+            _timed,
+            timings,
+            "render_chorale",
+            render_chorale,
+            d,
+            CHORALE_CORPUS,
+            tempo_bpm=CHORALE_TEMPO,
+            name="chorale",
+        )
         f_mix = pool.submit(_timed, timings, "render_band_mix", render_band_mix, d, CHORALE_CORPUS, name="mix")
         chorale = f_chorale.result()
-        f_enc = {fmt: pool.submit(_timed, timings, f"encode_{fmt}", encode, chorale.path, fmt)
-                 for fmt in ENCODED_FORMATS}
-        f_broken = pool.submit(_timed, timings, "make_broken_inputs", make_broken_inputs, d, chorale,
-                               source_mp3=f_enc["mp3"].result())
+        f_enc = {
+            fmt: pool.submit(_timed, timings, f"encode_{fmt}", encode, chorale.path, fmt) for fmt in ENCODED_FORMATS
+        }
+        f_broken = pool.submit(
+            _timed, timings, "make_broken_inputs", make_broken_inputs, d, chorale, source_mp3=f_enc["mp3"].result()
+        )
         encoded = {fmt: f.result() for fmt, f in f_enc.items()}
         band_mix = f_mix.result()
         broken = f_broken.result()
@@ -148,21 +158,31 @@ def rss_feed_info(media_dir, http_server) -> FeedInfo:
         futures = [pool.submit(_feed_piece, feed_dir, c, fmt) for c, fmt in FEED_PIECES]
         rendered = [f.result() for f in futures]
     items = []
-    for (corpus, _), (piece, audio) in zip(FEED_PIECES, rendered):
-        items.append(FeedItem(
-            title=f"Chorale {corpus.split('/')[-1].upper()}",
-            url=http_server.url(audio.relative_to(media_dir)),
-            mime=CONTENT_TYPES[audio.suffix],
-            length=audio.stat().st_size,
-            duration_s=piece.duration_s,
-            guid=f"rescored-test-{piece.name}",
-            piece=piece,
-        ))
+    for (corpus, _), (piece, audio) in zip(FEED_PIECES, rendered, strict=False):
+        items.append(
+            FeedItem(
+                title=f"Chorale {corpus.split('/')[-1].upper()}",
+                url=http_server.url(audio.relative_to(media_dir)),
+                mime=CONTENT_TYPES[audio.suffix],
+                length=audio.stat().st_size,
+                duration_s=piece.duration_s,
+                guid=f"rescored-test-{piece.name}",
+                piece=piece,
+            )
+        )
     broken_index = 2
-    items.insert(broken_index, FeedItem(
-        title="Missing episode", url=http_server.url("feed/missing-episode.mp3"), mime="audio/mpeg",
-        length=123456, duration_s=30.0, guid="rescored-test-missing", piece=None,
-    ))
+    items.insert(
+        broken_index,
+        FeedItem(
+            title="Missing episode",
+            url=http_server.url("feed/missing-episode.mp3"),
+            mime="audio/mpeg",
+            length=123456,
+            duration_s=30.0,
+            guid="rescored-test-missing",
+            piece=None,
+        ),
+    )
     path = write_rss_feed(media_dir / "feed.xml", items, link=http_server.base_url + "/")
     return FeedInfo(http_server.url("feed.xml"), path, items, broken_index, round(time.perf_counter() - t0, 3))
 
@@ -170,6 +190,17 @@ def rss_feed_info(media_dir, http_server) -> FeedInfo:
 @pytest.fixture(scope="session")
 def rss_feed(rss_feed_info) -> str:
     return rss_feed_info.url
+
+
+RAY_FIXTURES = {"ray_cluster", "serve_port", "ray_head"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that uses a Ray cluster ``ray``, so ``make test-fast`` (``-m "not ray"``)
+    runs the rest; derived from the fixtures each test asks for, so it cannot drift."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session")
@@ -185,8 +216,14 @@ def ray_cluster():
     """
     import ray
 
-    ray.init(num_cpus=8, num_gpus=1, include_dashboard=True, log_to_driver=False, configure_logging=False,
-             _system_config={"metrics_report_interval_ms": 1000})
+    ray.init(
+        num_cpus=8,
+        num_gpus=1,
+        include_dashboard=True,
+        log_to_driver=False,
+        configure_logging=False,
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
     yield ray
     try:
         from ray import serve

@@ -7,8 +7,17 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-RAY_TAGS = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId", "otel_scope_name",
-            "otel_scope_schema_url", "otel_scope_version", "JobId"}
+RAY_TAGS = {
+    "Component",
+    "NodeAddress",
+    "SessionName",
+    "Version",
+    "WorkerId",
+    "otel_scope_name",
+    "otel_scope_schema_url",
+    "otel_scope_version",
+    "JobId",
+}
 
 
 def scrape() -> dict[tuple[str, frozenset], float]:
@@ -24,7 +33,7 @@ def scrape() -> dict[tuple[str, frozenset], float]:
             if not sample.name.startswith("ray_rescored_"):
                 continue
             tags = frozenset((k, v) for k, v in sample.labels.items() if k not in RAY_TAGS)
-            key = (sample.name[len("ray_"):], tags)
+            key = (sample.name[len("ray_") :], tags)
             samples[key] = samples.get(key, 0.0) + sample.value
     return samples
 
@@ -41,8 +50,10 @@ def deltas_when_settled(before, expected: dict[tuple[str, tuple], float], timeou
     deadline = time.monotonic() + timeout
     while True:
         after = scrape()
-        deltas = {key: round(value(after, key[0], **dict(key[1])) - value(before, key[0], **dict(key[1])), 4)
-                  for key in expected}
+        deltas = {
+            key: round(value(after, key[0], **dict(key[1])) - value(before, key[0], **dict(key[1])), 4)
+            for key in expected
+        }
         if deltas == expected or time.monotonic() > deadline:
             return deltas, after
         time.sleep(1)

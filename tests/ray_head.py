@@ -10,6 +10,7 @@ Recipe and timings: docs/ray-auth-notes.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -60,37 +61,55 @@ class RayHead:
     def client_env(self) -> dict[str, str]:
         """What ``ray job submit`` needs to reach this head with its token."""
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file),
-                   PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=str(self.token_file),
+            PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
         return env
 
-    def start(self, timeout_s: float = 90.0) -> "RayHead":
+    def start(self, timeout_s: float = 90.0) -> RayHead:
         try:
             return self._start(timeout_s)
         except BaseException:
             self.stop()  # a head that never became ready must not outlive the test either
             raise
 
-    def _start(self, timeout_s: float) -> "RayHead":
+    def _start(self, timeout_s: float) -> RayHead:
         self.token_file.write_text(self.token)
         env = self.client_env()
         env.update(RESCORED_RAY_CLUSTER=self.marker, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={self.gcs}",
-                 f"--dashboard-port={self.dashboard}", f"--dashboard-agent-listen-port={self.agent}",
-                 f"--ray-client-server-port={self.client}", f"--temp-dir={self.temp_dir}",
-                 f"--num-cpus={self.num_cpus}", "--num-gpus=0", "--include-dashboard=true",
-                 "--node-ip-address=127.0.0.1",
-                 "--disable-usage-stats"],
-                env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    str(VENV_BIN / "ray"),
+                    "start",
+                    "--head",
+                    "--block",
+                    f"--port={self.gcs}",
+                    f"--dashboard-port={self.dashboard}",
+                    f"--dashboard-agent-listen-port={self.agent}",
+                    f"--ray-client-server-port={self.client}",
+                    f"--temp-dir={self.temp_dir}",
+                    f"--num-cpus={self.num_cpus}",
+                    "--num-gpus=0",
+                    "--include-dashboard=true",
+                    "--node-ip-address=127.0.0.1",
+                    "--disable-usage-stats",
+                ],
+                env=env,
+                start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ray start exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                request = urllib.request.Request(f"{self.address}/api/version",
-                                                 headers={"Authorization": f"Bearer {self.token}"})
+                request = urllib.request.Request(
+                    f"{self.address}/api/version", headers={"Authorization": f"Bearer {self.token}"}
+                )
                 with urllib.request.urlopen(request, timeout=2) as response:
                     if response.status == 200:
                         return self
@@ -131,7 +150,9 @@ class RayHead:
 
         try:
             client = JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {self.token}"})
-            running = [job.submission_id for job in client.list_jobs() if not job.status.is_terminal()]
+            running = [
+                job.submission_id for job in client.list_jobs() if job.submission_id and not job.status.is_terminal()
+            ]
             for job_id in running:
                 client.stop_job(job_id)
             deadline = time.monotonic() + 15
@@ -144,7 +165,5 @@ class RayHead:
 
     def _kill_marked(self) -> None:
         for pid in self.marked_pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass

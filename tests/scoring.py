@@ -23,6 +23,10 @@ def onset_f1(piece: Any, notes: Any) -> float:
         intervals = np.array([[n.start_s, n.end_s] for n in notes])
         pitches = np.array([n.pitch for n in notes])
     _, _, f1, _ = mir_eval.transcription.precision_recall_f1_overlap(
-        piece.intervals, mir_eval.util.midi_to_hz(piece.pitches),
-        intervals, mir_eval.util.midi_to_hz(pitches), offset_ratio=None)
+        piece.intervals,
+        mir_eval.util.midi_to_hz(piece.pitches),
+        intervals,
+        mir_eval.util.midi_to_hz(pitches),
+        offset_ratio=None,
+    )
     return float(f1)

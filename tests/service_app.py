@@ -26,10 +26,13 @@ def deploy(data_dir, pipeline=None, **service) -> Settings:
     ``service`` and ``pipeline`` laid over them; returns the settings."""
     from ray import serve
 
-    settings = load_settings(env={}, overrides={
-        "service": merge({**TEST_SERVICE, "data_dir": str(data_dir)}, service),
-        "pipeline": merge(TEST_PIPELINE, pipeline or {}),
-    })
+    settings = load_settings(
+        env={},
+        overrides={
+            "service": merge({**TEST_SERVICE, "data_dir": str(data_dir)}, service),
+            "pipeline": merge(TEST_PIPELINE, pipeline or {}),
+        },
+    )
     serve.run(build_app(settings, gpus_available=False), name="rescored", route_prefix="/")
     return settings
 

@@ -40,7 +40,7 @@ class BatchConfig(Section):
     backoff_max_s: float = Field(60.0, ge=0)
     max_playlist_entries: int = Field(5000, ge=1)
     object_store_memory: int | None = Field(
-        None, gt=0, description="Bytes of object store the run may fill before it backs off (Ray Data's limit).")
+        None, gt=0, description="Bytes of object store the run may fill before it backs off (Ray Data's limit)."
+    )
     manifest_flush_rows: int = Field(16, ge=1, description="Write a manifest part after this many finished entries...")
     manifest_flush_s: float = Field(30.0, gt=0, description="...or after this many seconds, whichever comes first.")
-

@@ -15,9 +15,9 @@ import csv
 import hashlib
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 from rescored_ray import source as sources
 from rescored_ray.config import SourceConfig
@@ -25,7 +25,22 @@ from rescored_ray.errors import NonRetryableError, PipelineError
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = {".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mka", ".aif", ".aiff", ".wma"}
+AUDIO_EXTENSIONS = {
+    ".mp3",
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".m4a",
+    ".aac",
+    ".webm",
+    ".mp4",
+    ".mka",
+    ".aif",
+    ".aiff",
+    ".wma",
+}
 URL_LIST_SUFFIXES = {".txt", ".list", ".csv", ".tsv", ".parquet"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -141,8 +156,14 @@ def _file_entries(path: Path, item: str, config: SourceConfig, max_entries: int)
             continue
         raw_id = row.get("id") or _id_from_url(url)
         duration = row.get("duration_s")
-        yield BatchEntry(safe_id(str(raw_id), url), url, row.get("title") or None,
-                         float(duration) if duration not in (None, "") else None, index, item)
+        yield BatchEntry(
+            safe_id(str(raw_id), url),
+            url,
+            row.get("title") or None,
+            float(duration) if duration not in (None, "") else None,
+            index,
+            item,
+        )
 
 
 def _read_url_file(path: Path) -> Iterable[dict]:
@@ -161,7 +182,11 @@ def _read_url_file(path: Path) -> Iterable[dict]:
                 reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
                 if "url" not in (reader.fieldnames or []):
                     raise _bad_file(path, f"no 'url' column in the header (got {reader.fieldnames})")
-                yield from ({k: (v or "").strip() for k, v in row.items() if k} for row in reader if (row.get("url") or "").strip())
+                yield from (
+                    {k: (v or "").strip() for k, v in row.items() if k}
+                    for row in reader
+                    if (row.get("url") or "").strip()
+                )
         else:
             for line in path.read_text(encoding="utf-8").splitlines():
                 line = line.strip()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-from datetime import datetime, timezone
-from typing import Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -75,7 +75,7 @@ def normalise(row: dict) -> dict:
     """``row`` with exactly the manifest's columns (missing ones null)."""
     out = {name: _null_if_nan(row.get(name)) for name in COLUMNS}
     if out["finished_at"] is None:
-        out["finished_at"] = datetime.now(timezone.utc)
+        out["finished_at"] = datetime.now(UTC)
     return out
 
 
@@ -115,8 +115,11 @@ class Manifest:
 
     def done(self, rows: dict[str, dict]) -> dict[str, dict]:
         """The entries whose score is really there (a deleted folder runs again)."""
-        return {entry_id: row for entry_id, row in rows.items()
-                if row["status"] in DONE and self.store.exists(f"{entry_id}/{layout.file('musicxml')}")}
+        return {
+            entry_id: row
+            for entry_id, row in rows.items()
+            if row["status"] in DONE and self.store.exists(f"{entry_id}/{layout.file('musicxml')}")
+        }
 
     # -- writing --------------------------------------------------------------------------
     def append(self, rows: list[dict]) -> str | None:

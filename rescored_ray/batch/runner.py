@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rescored_ray import metrics
 from rescored_ray.batch.inputs import BatchEntry, InputFailure, expand_inputs, safe_id
@@ -48,15 +48,18 @@ class BatchSummary:
         return self.completed / (self.wall_s / 3600.0) if self.wall_s > 0 else 0.0
 
     def line(self) -> str:
-        return (f"batch {self.run_id}: {self.completed} completed, {self.failed} failed, {self.skipped} skipped"
-                f" | {self.audio_s / 3600.0:.3f} h of audio in {self.wall_s:.1f} s wall"
-                f" | {self.songs_per_hour:.0f} songs/hour | manifest {self.manifest}")
+        return (
+            f"batch {self.run_id}: {self.completed} completed, {self.failed} failed, {self.skipped} skipped"
+            f" | {self.audio_s / 3600.0:.3f} h of audio in {self.wall_s:.1f} s wall"
+            f" | {self.songs_per_hour:.0f} songs/hour | manifest {self.manifest}"
+        )
 
     def stage_table(self) -> str:
         """Where the time went: summed seconds per stage over this run's completed entries."""
         total = sum(self.stage_s.values()) or 1.0
-        return "\n".join(f"  {stage:<14}{seconds:9.1f} s  {100 * seconds / total:5.1f} %"
-                         for stage, seconds in self.stage_s.items())
+        return "\n".join(
+            f"  {stage:<14}{seconds:9.1f} s  {100 * seconds / total:5.1f} %" for stage, seconds in self.stage_s.items()
+        )
 
 
 def run_batch(
@@ -70,7 +73,7 @@ def run_batch(
 ) -> BatchSummary:
     """Transcribe every entry of ``inputs`` into ``output`` (a path or pyarrow.fs URI)."""
     config = config or Settings()
-    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     started = time.perf_counter()
     store = ResultStore(output)
     manifest = Manifest(store, run_id)
@@ -87,8 +90,13 @@ def run_batch(
     manifest.append(early_rows)
     for row in early_rows:
         _record_entry(row)
-    log.info("batch %s: %d entries, %d already done, %d inputs unreadable", run_id, len(entries),
-             len(done), len(input_failures))
+    log.info(
+        "batch %s: %d entries, %d already done, %d inputs unreadable",
+        run_id,
+        len(entries),
+        len(done),
+        len(input_failures),
+    )
 
     if to_run:
         _stream(to_run, config, store, manifest, summary, progress_bars)
@@ -97,8 +105,14 @@ def run_batch(
     return summary
 
 
-def _stream(entries: list[BatchEntry], config: Settings, store: ResultStore, manifest: Manifest,
-            summary: BatchSummary, progress_bars: bool) -> None:
+def _stream(
+    entries: list[BatchEntry],
+    config: Settings,
+    store: ResultStore,
+    manifest: Manifest,
+    summary: BatchSummary,
+    progress_bars: bool,
+) -> None:
     dataset = build_dataset(entries, config, store.url(), manifest.run_id, progress_bars=progress_bars)
     buffer: list[dict] = []
     last_flush = time.monotonic()
@@ -128,18 +142,19 @@ def _pipeline_error_in(exc: BaseException) -> PipelineError | None:
         seen.add(id(exc))
         if isinstance(exc, PipelineError):
             return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return None
 
 
-def build_dataset(entries: list[BatchEntry], config: Settings, output_uri: str, run_id: str,
-                  *, progress_bars: bool = True):
+def build_dataset(
+    entries: list[BatchEntry], config: Settings, output_uri: str, run_id: str, *, progress_bars: bool = True
+):
     """The streaming Dataset of one run (lazy: nothing runs until it is iterated)."""
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    from rescored_ray.batch.stages import SeparateStems, TranscribeStems, acquire_audio, write_score
+    from rescored_ray.batch.stages import SeparateStems, TranscribeStems, _ModelStage, acquire_audio, write_score
 
     connect(config)
     context = ray.data.DataContext.get_current()
@@ -148,15 +163,22 @@ def build_dataset(entries: list[BatchEntry], config: Settings, output_uri: str, 
     batch = config.batch
     if batch.object_store_memory:
         context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
-            object_store_memory=batch.object_store_memory)
+            object_store_memory=batch.object_store_memory
+        )
     gpus_available = ray.cluster_resources().get("GPU", 0) > 0
     settings = config.model_dump_json()  # one string for every task and actor (they parse it once per process)
 
     # one entry per block: entries stream one by one, and a long playlist never sits in memory as audio
-    dataset = ray.data.from_items([entry.to_row() for entry in entries], override_num_blocks=len(entries))
-    dataset = dataset.map(acquire_audio, fn_kwargs={"config": settings}, num_cpus=batch.download.num_cpus,
-                          compute=TaskPoolStrategy(size=batch.download.concurrency))
-    model_stages = [("transcriber", TranscribeStems)]
+    dataset: ray.data.Dataset = ray.data.from_items(
+        [entry.to_row() for entry in entries], override_num_blocks=len(entries)
+    )
+    dataset = dataset.map(
+        acquire_audio,
+        fn_kwargs={"config": settings},
+        num_cpus=batch.download.num_cpus,
+        compute=TaskPoolStrategy(size=batch.download.concurrency),
+    )
+    model_stages: list[tuple[str, type[_ModelStage]]] = [("transcriber", TranscribeStems)]
     if config.pipeline.separation.enabled:
         model_stages.insert(0, ("separator", SeparateStems))
     for name, stage in model_stages:
@@ -169,10 +191,16 @@ def build_dataset(entries: list[BatchEntry], config: Settings, output_uri: str, 
             batch_format="numpy",
             num_cpus=options.num_cpus,
             num_gpus=gpus or None,
-            compute=ActorPoolStrategy(min_size=options.min_actors, max_size=max(options.min_actors, options.max_actors)),
+            compute=ActorPoolStrategy(
+                min_size=options.min_actors, max_size=max(options.min_actors, options.max_actors)
+            ),
         )
-    return dataset.map(write_score, fn_kwargs={"config": settings, "output_uri": output_uri, "run_id": run_id},
-                       num_cpus=batch.notation.num_cpus, compute=TaskPoolStrategy(size=batch.notation.concurrency))
+    return dataset.map(
+        write_score,
+        fn_kwargs={"config": settings, "output_uri": output_uri, "run_id": run_id},
+        num_cpus=batch.notation.num_cpus,
+        compute=TaskPoolStrategy(size=batch.notation.concurrency),
+    )
 
 
 def _count(summary: BatchSummary, row: dict) -> None:
@@ -203,17 +231,28 @@ def _skipped_row(previous: dict, entry: BatchEntry, run_id: str) -> dict:
 
 def _input_failure_row(failure: InputFailure, run_id: str) -> dict:
     error = failure.error
-    return {"id": safe_id(failure.input, failure.input), "url": failure.input, "input": failure.input, "index": -1,
-            "status": FAILED, "error": str(error), "retryable": bool(error.retryable), "stage": error.stage,
-            "attempts": 1, "run_id": run_id}
+    return {
+        "id": safe_id(failure.input, failure.input),
+        "url": failure.input,
+        "input": failure.input,
+        "index": -1,
+        "status": FAILED,
+        "error": str(error),
+        "retryable": bool(error.retryable),
+        "stage": error.stage,
+        "attempts": 1,
+        "run_id": run_id,
+    }
 
 
 def required_cpus(config: Settings) -> float:
     """Logical CPUs the run needs at its widest: every actor plus one task of each CPU stage."""
     batch = config.batch
-    actors = sum(getattr(batch, name).max_actors * getattr(batch, name).num_cpus
-                 for name in ("separator", "transcriber")
-                 if name == "transcriber" or config.pipeline.separation.enabled)
+    actors = sum(
+        getattr(batch, name).max_actors * getattr(batch, name).num_cpus
+        for name in ("separator", "transcriber")
+        if name == "transcriber" or config.pipeline.separation.enabled
+    )
     return actors + batch.download.num_cpus + batch.notation.num_cpus
 
 

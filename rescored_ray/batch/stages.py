@@ -18,7 +18,8 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -49,17 +50,24 @@ def _task_context(settings: str, output_uri: str | None = None) -> tuple[Setting
 
 def _retrying(cfg: Settings, row: dict[str, Any], call: Callable[[], Any]) -> Any:
     batch = cfg.batch
-    result, attempts = call_with_retries(call, max_retries=batch.max_retries, base_s=batch.backoff_base_s,
-                                         max_s=batch.backoff_max_s)
+    result, attempts = call_with_retries(
+        call, max_retries=batch.max_retries, base_s=batch.backoff_base_s, max_s=batch.backoff_max_s
+    )
     row["attempts"] = max(int(row.get("attempts") or 1), attempts)
     return result
 
 
 def _fail(row: dict[str, Any], exc: PipelineError) -> dict[str, Any]:
-    row.update(status=FAILED, error=str(exc), retryable=bool(exc.retryable), stage=exc.stage,
-               attempts=max(int(row.get("attempts") or 1), exc.attempts))
-    log.warning("entry %s failed in %s (%s): %s", row.get("id"), exc.stage,
-                "transient" if exc.retryable else "permanent", exc)
+    row.update(
+        status=FAILED,
+        error=str(exc),
+        retryable=bool(exc.retryable),
+        stage=exc.stage,
+        attempts=max(int(row.get("attempts") or 1), exc.attempts),
+    )
+    log.warning(
+        "entry %s failed in %s (%s): %s", row.get("id"), exc.stage, "transient" if exc.retryable else "permanent", exc
+    )
     return row
 
 
@@ -78,6 +86,7 @@ def _worker_label() -> str:
 
 
 # -- CPU: download + decode ---------------------------------------------------------------------
+
 
 def _entry_context(stage_fn: Callable[..., dict]) -> Callable[..., dict]:
     """Log lines of a row's CPU stage carry the entry id (see :mod:`rescored_ray.logs`)."""
@@ -98,9 +107,21 @@ def acquire_audio(row: dict, config: str) -> dict:
     # Every column a later stage fills exists from here on, with a value of its final type
     # ("" rather than None: a batch whose strings are all None becomes a float column, and
     # blocks of failed and running rows would then disagree about their schema).
-    row = dict(row, title=row.get("title") or "", status=RUNNING, error="", retryable=False, stage="", attempts=1,
-               audio=NO_AUDIO, stem_audio=NO_STEMS, stem_names="", separation_worker="", transcription_worker="",
-               **notes_to_columns([]))
+    row = dict(
+        row,
+        title=row.get("title") or "",
+        status=RUNNING,
+        error="",
+        retryable=False,
+        stage="",
+        attempts=1,
+        audio=NO_AUDIO,
+        stem_audio=NO_STEMS,
+        stem_names="",
+        separation_worker="",
+        transcription_worker="",
+        **notes_to_columns([]),
+    )
     timeline = _timeline()
 
     def attempt():
@@ -117,6 +138,7 @@ def acquire_audio(row: dict, config: str) -> dict:
 
 
 # -- GPU: separation and transcription ----------------------------------------------------------
+
 
 class _ModelStage:
     """An actor of a Ray Data actor pool that holds one model for its whole life.
@@ -184,8 +206,12 @@ class SeparateStems(_ModelStage):
         except PipelineError as exc:
             return _fail(row, exc)
         names = list(stems)
-        row.update(stem_audio=np.stack([stems[name].samples for name in names]), stem_names=",".join(names),
-                   separation_s=round(timeline.seconds().get("separation", 0.0), 4), separation_worker=self.worker)
+        row.update(
+            stem_audio=np.stack([stems[name].samples for name in names]),
+            stem_names=",".join(names),
+            separation_s=round(timeline.seconds().get("separation", 0.0), 4),
+            separation_worker=self.worker,
+        )
         if self.separator.cpu_fallbacks > fallbacks:
             metrics.inc("rescored_gpu_cpu_fallbacks_total", model=self.separator.name)
         return row
@@ -208,12 +234,14 @@ class TranscribeStems(_ModelStage):
         except PipelineError as exc:
             return _fail(row, exc)
         row.update(notes_to_columns([n for stem_notes in notes.values() for n in stem_notes]))
-        row.update(transcription_s=round(timeline.seconds().get("transcription", 0.0), 4),
-                   transcription_worker=self.worker)
+        row.update(
+            transcription_s=round(timeline.seconds().get("transcription", 0.0), 4), transcription_worker=self.worker
+        )
         return row
 
 
 # -- CPU: notation and outputs ------------------------------------------------------------------
+
 
 @_entry_context
 def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
@@ -229,8 +257,16 @@ def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
 
         def attempt():
             with pipeline.workdir(str(row["id"])) as workdir:
-                result = pipeline.write(str(row["id"]), row["url"], row.get("title"), audio, stems, notes,
-                                        workdir / "out", timeline=timeline)
+                result = pipeline.write(
+                    str(row["id"]),
+                    row["url"],
+                    row.get("title"),
+                    audio,
+                    stems,
+                    notes,
+                    workdir / "out",
+                    timeline=timeline,
+                )
                 files = publish(result, store, str(row["id"]))
             return result, files
 
@@ -239,10 +275,15 @@ def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
         except PipelineError as exc:
             _fail(row, exc)
         else:
+            assert store is not None  # write_score always has an output
             row.update(output_urls(store, str(row["id"]), files))
             row.update(
-                status=COMPLETED, n_notes=result.n_notes, key=result.key, tempo_bpm=result.tempo_bpm,
-                time_signature=result.time_signature, separation_model=result.separation_model,
+                status=COMPLETED,
+                n_notes=result.n_notes,
+                key=result.key,
+                tempo_bpm=result.tempo_bpm,
+                time_signature=result.time_signature,
+                separation_model=result.separation_model,
                 stems=result.stems,
                 notation_s=round(timeline.seconds().get("notation", 0.0), 4),
                 outputs_s=round(timeline.seconds().get("outputs", 0.0), 4),
@@ -274,6 +315,7 @@ def manifest_row(row: dict, run_id: str) -> dict:
 
 # -- row helpers --------------------------------------------------------------------------------
 
+
 def stems_of(row: dict) -> dict[str, Audio]:
     """The row's stems by name; the mix itself when separation is off."""
     names = [name for name in str(row.get("stem_names") or "").split(",") if name]
@@ -302,9 +344,15 @@ def notes_from_columns(row: dict) -> list[Note]:
         return []
     stems = str(row.get("note_stems") or "").split(",")
     return [
-        Note(start_s=float(start), end_s=float(end), pitch=int(pitch), velocity=int(velocity),
-             stem=stems[int(stem)], amplitude=float(amplitude))
-        for start, end, pitch, velocity, amplitude, stem in zip(*(row[name] for name in NOTE_FIELDS))
+        Note(
+            start_s=float(start),
+            end_s=float(end),
+            pitch=int(pitch),
+            velocity=int(velocity),
+            stem=stems[int(stem)],
+            amplitude=float(amplitude),
+        )
+        for start, end, pitch, velocity, amplitude, stem in zip(*(row[name] for name in NOTE_FIELDS), strict=True)
     ]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from rescored_ray.service.config import DeploymentOptions
 from rescored_ray.service.ingress import Ingress
@@ -27,15 +27,26 @@ def _gpus_available() -> bool:
 
 
 def _model_options(options: DeploymentOptions, num_gpus: float, logging_config: dict) -> dict[str, Any]:
-    scaling: dict[str, Any] = {"ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": num_gpus},
-                               "max_ongoing_requests": options.max_ongoing_requests,
-                               "logging_config": logging_config}
+    scaling: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": num_gpus},
+        "max_ongoing_requests": options.max_ongoing_requests,
+        "logging_config": logging_config,
+    }
     if options.max_replicas > options.min_replicas:
-        scaling["autoscaling_config"] = {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
-                                         "target_ongoing_requests": options.target_ongoing_requests}
+        scaling["autoscaling_config"] = {
+            "min_replicas": options.min_replicas,
+            "max_replicas": options.max_replicas,
+            "target_ongoing_requests": options.target_ongoing_requests,
+        }
     else:
         scaling["num_replicas"] = options.min_replicas or 1
     return scaling
+
+
+def _deployment(decorated: Any) -> Deployment:
+    """A class under ``@serve.deployment`` is a Deployment (Serve's typing does not say so)."""
+    assert isinstance(decorated, Deployment)
+    return decorated
 
 
 def build_app(settings: Settings, gpus_available: bool | None = None) -> Application:
@@ -43,20 +54,37 @@ def build_app(settings: Settings, gpus_available: bool | None = None) -> Applica
     service, pipeline = settings.service, settings.pipeline
     data = settings.model_dump()
     logging_config = {"encoding": service.log_encoding}  # JSON: each line carries rescored_job_id/_stage
-    ledger = LedgerDeployment.options(ray_actor_options={"num_cpus": 0}, logging_config=logging_config).bind(data)
+    ledger = (
+        _deployment(LedgerDeployment)
+        .options(ray_actor_options={"num_cpus": 0}, logging_config=logging_config)
+        .bind(data)
+    )
     separator = None  # a service for solo recordings (separation: none) deploys no Demucs at all
     if pipeline.separation.enabled:
-        separator = SeparatorDeployment.options(
-            **_model_options(service.separator, service.separator.gpus("separator", gpus), logging_config)
-        ).bind(pipeline.separation.model_dump())
-    transcriber = TranscriberDeployment.options(
-        **_model_options(service.transcriber, service.transcriber.gpus("transcriber", gpus), logging_config)
-    ).bind(pipeline.transcription.model_dump())
-    worker = PipelineWorker.options(
-        num_replicas=service.worker_slots, ray_actor_options={"num_cpus": service.worker_num_cpus},
-        logging_config=logging_config,
-    ).bind(data, ledger, separator, transcriber)
-    return Ingress.options(ray_actor_options={"num_cpus": 0}, logging_config=logging_config).bind(data, ledger, worker)
+        separator = (
+            _deployment(SeparatorDeployment)
+            .options(**_model_options(service.separator, service.separator.gpus("separator", gpus), logging_config))
+            .bind(pipeline.separation.model_dump())
+        )
+    transcriber = (
+        _deployment(TranscriberDeployment)
+        .options(**_model_options(service.transcriber, service.transcriber.gpus("transcriber", gpus), logging_config))
+        .bind(pipeline.transcription.model_dump())
+    )
+    worker = (
+        _deployment(PipelineWorker)
+        .options(
+            num_replicas=service.worker_slots,
+            ray_actor_options={"num_cpus": service.worker_num_cpus},
+            logging_config=logging_config,
+        )
+        .bind(data, ledger, separator, transcriber)
+    )
+    return (
+        _deployment(Ingress)
+        .options(ray_actor_options={"num_cpus": 0}, logging_config=logging_config)
+        .bind(data, ledger, worker)
+    )
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -9,6 +9,7 @@ both (:mod:`rescored_ray.settings`).
 from __future__ import annotations
 
 from pathlib import Path
+
 from pydantic import Field, field_validator
 
 from rescored_ray.config import ModelResources, Section
@@ -29,7 +30,8 @@ class SecurityConfig(Section):
     allow_private_networks: bool = Field(False, description="Accept loopback/private-range URLs (tests, intranets).")
     allowed_networks: list[str] = Field(
         default_factory=list,
-        description="CIDRs reachable even though not public (an intranet media server), e.g. ['10.20.0.0/16'].")
+        description="CIDRs reachable even though not public (an intranet media server), e.g. ['10.20.0.0/16'].",
+    )
 
     @field_validator("allowed_networks")
     @classmethod
@@ -40,7 +42,8 @@ class SecurityConfig(Section):
     api_tokens: dict[str, str] = Field(
         default_factory=dict,
         description="Client name -> bearer token. When set, every /api/v1 call needs a token, and a client "
-                    "sees only its own jobs. Env: RESCORED_SERVICE__SECURITY__API_TOKENS='{alice: token1, bob: token2}'.")
+        "sees only its own jobs. Env: RESCORED_SERVICE__SECURITY__API_TOKENS='{alice: token1, bob: token2}'.",
+    )
 
     @property
     def networks(self) -> tuple[Network, ...]:
@@ -75,8 +78,12 @@ class ServiceConfig(Section):
     worker_num_cpus: float = Field(0.5, ge=0)
     lease_s: float = Field(30.0, gt=0, description="A job whose worker misses heartbeats this long is re-queued.")
     heartbeat_s: float = Field(5.0, gt=0)
-    poll_s: float = Field(5.0, gt=0, description="Longest an idle worker's lease request waits in the ledger; "
-                                                 "it returns the moment a job is queued.")
+    poll_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest an idle worker's lease request waits in the ledger; "
+        "it returns the moment a job is queued.",
+    )
     soft_time_limit_s: float = Field(540.0, gt=0)
     hard_time_limit_s: float = Field(600.0, gt=0)
     max_retries: int = Field(3, ge=0)
@@ -86,8 +93,11 @@ class ServiceConfig(Section):
     failed_ttl_s: float = Field(86400.0, gt=0)
     expiry_sweep_s: float = Field(300.0, gt=0)
     metrics_interval_s: float = Field(2.0, gt=0, description="How often queue depth and worker gauges are set.")
-    log_encoding: str = Field("JSON", pattern="^(JSON|TEXT)$",
-                              description="Serve log format; JSON carries rescored_job_id/rescored_stage fields.")
+    log_encoding: str = Field(
+        "JSON",
+        pattern="^(JSON|TEXT)$",
+        description="Serve log format; JSON carries rescored_job_id/rescored_stage fields.",
+    )
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     separator: DeploymentOptions = Field(default_factory=DeploymentOptions)
@@ -100,4 +110,3 @@ class ServiceConfig(Section):
     @property
     def results_uri(self) -> str:
         return self.storage_uri or str(self.data_path / "results")
-

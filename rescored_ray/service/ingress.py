@@ -57,8 +57,11 @@ STATIC = Path(__file__).with_name("static")
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 OPEN_PATHS = ("/", "/livez", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
-app = FastAPI(title="rescored-ray", version="0.1.0",
-              description="Recorded music to sheet music: submit a URL, follow progress, download the score.")
+app = FastAPI(
+    title="rescored-ray",
+    version="0.1.0",
+    description="Recorded music to sheet music: submit a URL, follow progress, download the score.",
+)
 
 
 class TranscribeRequest(BaseModel):
@@ -76,11 +79,11 @@ class TranscribeRequest(BaseModel):
 
     @property
     def source(self) -> str:
-        return (self.url or self.youtube_url).strip()
+        return (self.url or self.youtube_url or "").strip()
 
 
 def _iso(ts: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat() if ts else None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat() if ts else None
 
 
 def _answer(error: ServiceError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -128,8 +131,9 @@ async def _refused(request: Request, exc: ServiceError) -> JSONResponse:
     """Every refusal, raised anywhere (a route, the ledger through Ray), answered one way."""
     if isinstance(exc, RateLimited):  # 429: when to try again, for people and for HTTP clients
         seconds = int(exc.retry_after_s + 0.999)
-        return _answer(RateLimited(exc.message, seconds, retry_after_seconds=seconds),
-                       headers={"Retry-After": str(seconds)})
+        return _answer(
+            RateLimited(exc.message, seconds, retry_after_seconds=seconds), headers={"Retry-After": str(seconds)}
+        )
     return _answer(exc)
 
 
@@ -147,8 +151,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-    return _answer(InvalidRequest(f"invalid request: {where + ': ' if where else ''}"
-                                  f"{first.get('msg', 'malformed body')}"))
+    return _answer(
+        InvalidRequest(f"invalid request: {where + ': ' if where else ''}{first.get('msg', 'malformed body')}")
+    )
 
 
 @app.exception_handler(Exception)
@@ -161,11 +166,11 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def _final_event(job: JobRecord) -> JobEvent:
     kind = {"completed": "completed", "failed": "error", "cancelled": "cancelled"}[job.status.value]
     data = {"result": job.result} if kind == "completed" else {"error": job.error} if kind == "error" else {}
-    return JobEvent(job_id=job.job_id, seq=0, type=kind, data=data, at=job.updated_at)
+    return JobEvent(job_id=job.job_id, seq=0, type=kind, data=data, at=job.updated_at)  # type: ignore[arg-type]
 
 
 def _message(job_id: str, event: JobEvent) -> dict[str, Any]:
-    """A ledger event as the Celery design's WebSocket message."""
+    """A ledger event as the design's WebSocket message (docs/architecture.md, docs/api.md)."""
     message = {"type": event.type, "job_id": job_id, "timestamp": _iso(event.at)}
     data = event.data or {}
     if event.type == "progress":
@@ -187,21 +192,50 @@ def job_timeline(job: JobRecord) -> list[dict]:
     for attempt in job.attempts:
         spans.append(_span("queued", attempt.number, ready, attempt.started_at, None))
         for stage in attempt.timeline or []:
-            spans.append(_span(stage["stage"], attempt.number, stage["started_at"], stage.get("ended_at"),
-                               stage.get("workers"), ok=stage.get("ok", True)))
+            spans.append(
+                _span(
+                    stage["stage"],
+                    attempt.number,
+                    stage["started_at"],
+                    stage.get("ended_at"),
+                    stage.get("workers"),
+                    ok=stage.get("ok", True),
+                )
+            )
         if attempt.outcome is None:
-            spans.append(_span(job.current_stage or "starting", attempt.number, attempt.started_at, None,
-                               [{"worker_id": attempt.worker}], ok=None))
+            spans.append(
+                _span(
+                    job.current_stage or "starting",
+                    attempt.number,
+                    attempt.started_at,
+                    None,
+                    [{"worker_id": attempt.worker}],
+                    ok=None,
+                )
+            )
         ready = attempt.ended_at or attempt.started_at
     if job.status == JobStatus.QUEUED:
         spans.append(_span("queued", len(job.attempts) + 1, ready, None, None, ok=None))
     return spans
 
 
-def _span(stage: str, attempt: int, started: float, ended: float | None, workers: list[dict[str, Any]] | None,
-          ok: bool | None = True) -> dict[str, Any]:
-    return {"stage": stage, "attempt": attempt, "started_at": _iso(started), "ended_at": _iso(ended),
-            "seconds": round(ended - started, 3) if ended is not None else None, "ok": ok, "workers": workers}
+def _span(
+    stage: str,
+    attempt: int,
+    started: float,
+    ended: float | None,
+    workers: list[dict[str, Any]] | None,
+    ok: bool | None = True,
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "attempt": attempt,
+        "started_at": _iso(started),
+        "ended_at": _iso(ended),
+        "seconds": round(ended - started, 3) if ended is not None else None,
+        "ok": ok,
+        "workers": workers,
+    }
 
 
 def _files(job: JobRecord, base: str) -> list[dict[str, Any]]:
@@ -213,16 +247,36 @@ def _files(job: JobRecord, base: str) -> list[dict[str, Any]]:
         found = layout.kind_of(path)
         if found is not None and found[0].route is not None:
             row, name = found
-            files.append({"kind": row.kind, "name": name or None, "file": path, "media_type": row.media_type,
-                          "url": f"{base}{API}/scores/{job.job_id}{layout.route_of(path)}"})
+            files.append(
+                {
+                    "kind": row.kind,
+                    "name": name or None,
+                    "file": path,
+                    "media_type": row.media_type,
+                    "url": f"{base}{API}/scores/{job.job_id}{layout.route_of(path)}",
+                }
+            )
     return files
 
 
 def _public_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
     if not result:
         return None
-    keep = ("title", "duration_s", "n_notes", "n_notes_by_stem", "key", "tempo_bpm", "time_signature",
-            "separation_model", "stems", "timings", "warnings", "time_offset_s", "outputs")
+    keep = (
+        "title",
+        "duration_s",
+        "n_notes",
+        "n_notes_by_stem",
+        "key",
+        "tempo_bpm",
+        "time_signature",
+        "separation_model",
+        "stems",
+        "timings",
+        "warnings",
+        "time_offset_s",
+        "outputs",
+    )
     return {k: result.get(k) for k in keep if k in result}
 
 
@@ -236,8 +290,9 @@ class Ingress:
         app.state.limits = self.config.limits
         app.state.tokens = dict(self.config.security.api_tokens)
         limits = self.config.limits
-        self.client_limits = ClientLimits(jobs_per_window=limits.jobs_per_window, window_s=limits.window_s,
-                                          max_active=limits.max_active_jobs)
+        self.client_limits = ClientLimits(
+            jobs_per_window=limits.jobs_per_window, window_s=limits.window_s, max_active=limits.max_active_jobs
+        )
         self.ledger = ledger
         self.worker = worker
         self.results = ResultStore(self.config.results_uri)
@@ -258,19 +313,23 @@ class Ingress:
         # with per-client tokens a client may only join its own jobs; otherwise equal work is shared
         key = dedup_key(source.key, {**options, "client": client} if self.per_client else options)
         # over a client's limits the ledger raises RateLimited: a 429, answered by _refused
-        job, deduplicated = await self.ledger.submit.remote(source.location, key, options, body.priority,
-                                                            client, self.client_limits)
+        job, deduplicated = await self.ledger.submit.remote(
+            source.location, key, options, body.priority, client, self.client_limits
+        )
         separated = (options.get("separation") or self.pipeline.separation.model) != "none"
         base = str(request.base_url).rstrip("/")
         ws_base = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        return JSONResponse(status_code=201, content={
-            "job_id": job.job_id,
-            "status": job.status.value,
-            "created_at": _iso(job.created_at),
-            "estimated_duration_seconds": 120 if separated else 20,
-            "websocket_url": f"{ws_base}{API}/jobs/{job.job_id}/stream",
-            "deduplicated": deduplicated,
-        })
+        return JSONResponse(
+            status_code=201,
+            content={
+                "job_id": job.job_id,
+                "status": job.status.value,
+                "created_at": _iso(job.created_at),
+                "estimated_duration_seconds": 120 if separated else 20,
+                "websocket_url": f"{ws_base}{API}/jobs/{job.job_id}/stream",
+                "deduplicated": deduplicated,
+            },
+        )
 
     @property
     def per_client(self) -> bool:
@@ -291,8 +350,10 @@ class Ingress:
         data = options.given()
         deployed = self.pipeline.separation.model
         if data.get("separation") not in (None, "none", deployed):
-            raise NonRetryableError(f"separation model {data['separation']!r} is not deployed here "
-                                    f"(available: {deployed!r}, 'none')", stage="source")
+            raise NonRetryableError(
+                f"separation model {data['separation']!r} is not deployed here (available: {deployed!r}, 'none')",
+                stage="source",
+            )
         if data.get("separation") == deployed:
             del data["separation"]
         if "stems" in data:
@@ -395,28 +456,41 @@ class Ingress:
             raise NotFound(f"this job has no {path}")
         data = await asyncio.to_thread(self.results.read_bytes, f"{job_id}/{path}")
         filename = row.download.format(job_id=job_id, name=name)
-        return Response(content=data, media_type=row.media_type,
-                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return Response(
+            content=data,
+            media_type=row.media_type,
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
 
     @app.get(f"{API}/scores/{{job_id}}", summary="The score (MusicXML)")
     async def score(self, job_id: str, request: Request) -> Response:
         return await self._file(request, job_id, "")
 
-    @app.get(f"{API}/scores/{{job_id}}/{{kind}}", summary="One output file of a job",
-             description="kind: " + ", ".join(row.route for row in layout.LAYOUT if row.route and not row.multi))
+    @app.get(
+        f"{API}/scores/{{job_id}}/{{kind}}",
+        summary="One output file of a job",
+        description="kind: " + ", ".join(row.route for row in layout.LAYOUT if row.route and not row.multi),
+    )
     async def score_file(self, job_id: str, kind: str, request: Request) -> Response:
         return await self._file(request, job_id, kind)
 
-    @app.get(f"{API}/scores/{{job_id}}/{{kind}}/{{name}}", summary="One file of a multi-file output",
-             description="kind/name: " + ", ".join(row.route for row in layout.LAYOUT if row.route and row.multi))
+    @app.get(
+        f"{API}/scores/{{job_id}}/{{kind}}/{{name}}",
+        summary="One file of a multi-file output",
+        description="kind/name: " + ", ".join(row.route for row in layout.LAYOUT if row.route and row.multi),
+    )
     async def score_part(self, job_id: str, kind: str, name: str, request: Request) -> Response:
         return await self._file(request, job_id, kind, name)
 
     # -- live progress -----------------------------------------------------------------------
     @app.websocket(f"{API}/jobs/{{job_id}}/stream")
     async def stream(self, websocket: WebSocket, job_id: str):
-        client = client_of(websocket.headers, websocket.query_params,
-                           websocket.client.host if websocket.client else None, app.state.tokens)
+        client = client_of(
+            websocket.headers,
+            websocket.query_params,
+            websocket.client.host if websocket.client else None,
+            app.state.tokens,
+        )
         if client is None:
             await websocket.close(code=4401, reason="a valid API token is required")
             return
@@ -445,7 +519,8 @@ class Ingress:
                         await websocket.close()
                         return
                 if not events:
-                    await websocket.send_json({"type": "heartbeat", "job_id": job_id,
-                                               "timestamp": _iso(dt.datetime.now().timestamp())})
+                    await websocket.send_json(
+                        {"type": "heartbeat", "job_id": job_id, "timestamp": _iso(dt.datetime.now().timestamp())}
+                    )
         except WebSocketDisconnect:
             return

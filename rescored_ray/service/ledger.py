@@ -1,6 +1,7 @@
 """The durable job ledger and priority queue (pure Python + sqlite3, no Ray).
 
-This replaces the Celery design's Redis pieces with one store:
+This replaces the Redis pieces of the job design the service implements (docs/architecture.md,
+"the job-processing design") with one store:
 
 * the ``job:{id}`` hash -> a row in ``jobs`` (:class:`JobRecord`);
 * the ``job:{id}:updates`` pub/sub channel -> an ordered per-job event log
@@ -48,32 +49,34 @@ All times are float epoch seconds from the injectable ``clock``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from rescored_ray.errors import RateLimited
 from rescored_ray.retry import backoff_delay
 
 __all__ = [
+    "PRIORITIES",
     "Attempt",
     "ClientLimits",
-    "RateLimited",
     "HeartbeatReply",
     "JobEvent",
     "JobRecord",
     "JobStatus",
     "JobStore",
-    "PRIORITIES",
     "Priority",
+    "RateLimited",
     "SQLiteJobStore",
     "dedup_key",
     "validate_priority",
@@ -133,13 +136,13 @@ class Attempt:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Attempt":
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+    def from_dict(cls, d: Mapping[str, Any]) -> Attempt:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
 
 
 @dataclass
 class JobRecord:
-    """The ``job:{id}`` hash of the Celery design, as one typed record."""
+    """The design's ``job:{id}`` hash (docs/architecture.md), as one typed record."""
 
     job_id: str
     source: str
@@ -236,8 +239,13 @@ class JobStore(Protocol):
     """
 
     def submit(
-        self, source: str, dedup_key: str, options: dict, priority: str = "default",
-        client_id: str | None = None, limits: "ClientLimits | None" = None,
+        self,
+        source: str,
+        dedup_key: str,
+        options: dict,
+        priority: str = "default",
+        client_id: str | None = None,
+        limits: ClientLimits | None = None,
     ) -> tuple[JobRecord, bool]:
         """Queue a job, or return the live job with the same dedup_key and True; a new job
         over the client's limits raises :class:`RateLimited`."""
@@ -245,8 +253,9 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> JobRecord | None:
         """The job, or None if unknown or expired."""
 
-    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100,
-                  client_id: str | None = None) -> list[JobRecord]:
+    def list_jobs(
+        self, status: JobStatus | str | None = None, limit: int = 100, client_id: str | None = None
+    ) -> list[JobRecord]:
         """Jobs newest first, optionally of one status and/or one client."""
 
     def lease(self, worker_id: str, lease_s: float) -> JobRecord | None:
@@ -264,8 +273,14 @@ class JobStore(Protocol):
         """Finish the job with ``result``; it expires after the result TTL. ``timeline`` (the
         attempt's stage spans) is kept on the attempt, for this and the calls below."""
 
-    def fail(self, job_id: str, worker_id: str, error: dict, retryable: bool,
-             timeline: list[dict] | None = None) -> JobRecord | None:
+    def fail(
+        self,
+        job_id: str,
+        worker_id: str,
+        error: dict | BaseException,
+        retryable: bool,
+        timeline: list[dict] | None = None,
+    ) -> JobRecord | None:
         """Re-queue with backoff if retryable and attempts remain, else fail the job."""
 
     def cancel(self, job_id: str) -> JobRecord | None:
@@ -386,7 +401,7 @@ class SQLiteJobStore:
         failed_ttl_s: float = 86400,
         result_ttl_s: float = 30 * 86400,
         clock: Callable[[], float] = time.time,
-        on_transition: Callable[[str, "JobRecord", dict], None] | None = None,
+        on_transition: Callable[[str, JobRecord, dict], None] | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -496,10 +511,8 @@ class SQLiteJobStore:
     def _announce(self) -> None:
         pending, self._pending = self._pending, []
         for kind, job, info in pending:
-            try:
+            with contextlib.suppress(Exception):  # metrics and logs must never undo a committed state change
                 self.on_transition(kind, job, info)  # type: ignore[misc]
-            except Exception:  # metrics and logs must never undo a committed state change
-                pass
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -603,8 +616,9 @@ class SQLiteJobStore:
         return backoff_delay(attempt_number, self.backoff_base_s, self.backoff_max_s)
 
     @staticmethod
-    def _end_attempt(job: JobRecord, now: float, outcome: str, error: dict | None = None,
-                     timeline: list[dict] | None = None) -> None:
+    def _end_attempt(
+        job: JobRecord, now: float, outcome: str, error: dict | None = None, timeline: list[dict] | None = None
+    ) -> None:
         if job.attempts and job.attempts[-1].outcome is None:
             a = job.attempts[-1]
             a.ended_at = now
@@ -646,10 +660,14 @@ class SQLiteJobStore:
     def _normalize_error(error: Any, retryable: bool, stage: str | None) -> dict:
         """Coerce to {type, message, stage, retryable, ...}; accepts a dict or a PipelineError."""
         if isinstance(error, BaseException):
-            d = dict(error.to_dict()) if hasattr(error, "to_dict") else {
-                "type": type(error).__name__,
-                "message": str(error),
-            }
+            d = (
+                dict(error.to_dict())
+                if hasattr(error, "to_dict")
+                else {
+                    "type": type(error).__name__,
+                    "message": str(error),
+                }
+            )
         elif isinstance(error, Mapping):
             d = dict(error)
         else:
@@ -664,8 +682,13 @@ class SQLiteJobStore:
     # ------------------------------------------------------------------ JobStore
 
     def submit(
-        self, source: str, dedup_key: str, options: dict, priority: str = "default",
-        client_id: str | None = None, limits: ClientLimits | None = None,
+        self,
+        source: str,
+        dedup_key: str,
+        options: dict,
+        priority: str = "default",
+        client_id: str | None = None,
+        limits: ClientLimits | None = None,
     ) -> tuple[JobRecord, bool]:
         """Dedup against a queued/running (not cancel-requested) or unexpired completed job.
 
@@ -705,14 +728,25 @@ class SQLiteJobStore:
                                      status, created_at, updated_at, max_attempts, not_before,
                                      status_message, client_id)
                    VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, 'queued', ?)""",
-                (job_id, source, dedup_key, options_json, priority, _PRIORITY_RANK[priority],
-                 now, now, max_attempts, now, client_id),
+                (
+                    job_id,
+                    source,
+                    dedup_key,
+                    options_json,
+                    priority,
+                    _PRIORITY_RANK[priority],
+                    now,
+                    now,
+                    max_attempts,
+                    now,
+                    client_id,
+                ),
             )
             self._emit(conn, job_id, "queued", {"priority": priority, "source": source}, now)
-            job = self._fetch(conn, job_id)
-            assert job is not None
-            self._notify("submitted", job, deduplicated=False)
-            return job, False
+            created = self._fetch(conn, job_id)
+            assert created is not None
+            self._notify("submitted", created, deduplicated=False)
+            return created, False
 
     @staticmethod
     def _check_limits(conn: sqlite3.Connection, client_id: str, limits: ClientLimits, now: float) -> None:
@@ -721,8 +755,11 @@ class SQLiteJobStore:
                 "SELECT COUNT(*) FROM jobs WHERE client_id = ? AND status IN ('queued', 'running')", (client_id,)
             ).fetchone()[0]
             if active >= limits.max_active:
-                raise RateLimited(f"{active} jobs of this client are queued or running (limit "
-                                  f"{limits.max_active}); wait for one to finish", retry_after_s=30.0)
+                raise RateLimited(
+                    f"{active} jobs of this client are queued or running (limit "
+                    f"{limits.max_active}); wait for one to finish",
+                    retry_after_s=30.0,
+                )
         if limits.jobs_per_window is not None:
             since = now - limits.window_s
             rows = conn.execute(
@@ -731,15 +768,18 @@ class SQLiteJobStore:
             ).fetchall()
             if len(rows) >= limits.jobs_per_window:
                 retry_after = rows[0]["created_at"] + limits.window_s - now
-                raise RateLimited(f"rate limit: {limits.jobs_per_window} new jobs per {limits.window_s:g} s",
-                                  retry_after_s=max(1.0, retry_after))
+                raise RateLimited(
+                    f"rate limit: {limits.jobs_per_window} new jobs per {limits.window_s:g} s",
+                    retry_after_s=max(1.0, retry_after),
+                )
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._read() as conn:
             return self._fetch(conn, job_id)
 
-    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100,
-                  client_id: str | None = None) -> list[JobRecord]:
+    def list_jobs(
+        self, status: JobStatus | str | None = None, limit: int = 100, client_id: str | None = None
+    ) -> list[JobRecord]:
         """Newest first; of one status and/or one client when given."""
         limit = max(0, int(limit))
         where, args = [], []
@@ -827,8 +867,11 @@ class SQLiteJobStore:
             job.updated_at = now
             self._save(conn, job)
             self._emit(
-                conn, job_id, "progress",
-                {"progress": pct, "stage": job.current_stage, "message": message}, now,
+                conn,
+                job_id,
+                "progress",
+                {"progress": pct, "stage": job.current_stage, "message": message},
+                now,
             )
             return True
 
@@ -855,8 +898,14 @@ class SQLiteJobStore:
             self._notify("completed", job)
             return True
 
-    def fail(self, job_id: str, worker_id: str, error: dict, retryable: bool,
-             timeline: list[dict] | None = None) -> JobRecord | None:
+    def fail(
+        self,
+        job_id: str,
+        worker_id: str,
+        error: dict | BaseException,
+        retryable: bool,
+        timeline: list[dict] | None = None,
+    ) -> JobRecord | None:
         """Retry with exponential backoff while attempts remain, else fail for good.
 
         "Attempts used" is the number of attempts so far, including lost leases.
@@ -943,12 +992,17 @@ class SQLiteJobStore:
             if job.cancel_requested:
                 self._to_cancelled(conn, job, now, "cancelled (worker lost after cancel was requested)")
             elif n >= job.max_attempts + 1:
-                self._to_failed(conn, job, now, {
-                    "type": "WorkerLost",
-                    "message": "worker lost repeatedly",
-                    "stage": job.current_stage or "pipeline",
-                    "retryable": False,
-                })
+                self._to_failed(
+                    conn,
+                    job,
+                    now,
+                    {
+                        "type": "WorkerLost",
+                        "message": "worker lost repeatedly",
+                        "stage": job.current_stage or "pipeline",
+                        "retryable": False,
+                    },
+                )
             else:
                 job.status = JobStatus.QUEUED
                 job.not_before = now
@@ -956,8 +1010,7 @@ class SQLiteJobStore:
                 job.status_message = f"attempt {n}: worker lost, re-queued"
                 self._clear_lease(job)
                 self._save(conn, job)
-                self._emit(conn, job.job_id, "retrying",
-                           {"error": err, "retry_in_s": 0.0, "attempt": n}, now)
+                self._emit(conn, job.job_id, "retrying", {"error": err, "retry_in_s": 0.0, "attempt": n}, now)
                 self._notify("retrying", job, error=err, reason="lease_expired")
             ids.append(job.job_id)
         return ids
@@ -995,14 +1048,12 @@ class SQLiteJobStore:
         return None if row is None or row[0] is None else float(row[0])
 
     def queue_stats(self) -> dict:
-        stats: dict[str, Any] = {"queued": {p: 0 for p in PRIORITIES}}
+        stats: dict[str, Any] = {"queued": dict.fromkeys(PRIORITIES, 0)}
         for st in JobStatus:
             if st is not JobStatus.QUEUED:
                 stats[st.value] = 0
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT status, priority, COUNT(*) AS n FROM jobs GROUP BY status, priority"
-            ).fetchall()
+            rows = conn.execute("SELECT status, priority, COUNT(*) AS n FROM jobs GROUP BY status, priority").fetchall()
         for r in rows:
             if r["status"] == JobStatus.QUEUED.value:
                 stats["queued"][r["priority"]] = stats["queued"].get(r["priority"], 0) + r["n"]
@@ -1018,7 +1069,7 @@ class SQLiteJobStore:
                 finally:
                     self._conn = None
 
-    def __enter__(self) -> "SQLiteJobStore":
+    def __enter__(self) -> SQLiteJobStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

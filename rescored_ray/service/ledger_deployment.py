@@ -18,6 +18,7 @@ remembers which worker slots asked for work recently, busy or idle (``workers()`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -73,10 +74,8 @@ class Wakeups:
 
     @staticmethod
     async def wait(future: asyncio.Future, timeout: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(future), max(0.0, timeout))
-        except asyncio.TimeoutError:
-            pass
 
 
 @serve.deployment(name="Ledger", num_replicas=1, max_ongoing_requests=1024, health_check_period_s=5)
@@ -187,10 +186,16 @@ class LedgerDeployment:
         # an idle worker asks again at least every poll_s (its long-poll), a busy one heartbeats
         window = self.config.lease_s + self.config.poll_s
         alive = {worker: seen for worker, seen in seen_at.items() if now - seen <= window}
-        return [{"worker_id": worker, "busy": worker in running,
-                 "job_id": running[worker].job_id if worker in running else None,
-                 "stage": running[worker].current_stage if worker in running else None,
-                 "last_seen_s": round(now - seen, 2)} for worker, seen in sorted(alive.items())]
+        return [
+            {
+                "worker_id": worker,
+                "busy": worker in running,
+                "job_id": running[worker].job_id if worker in running else None,
+                "stage": running[worker].current_stage if worker in running else None,
+                "last_seen_s": round(now - seen, 2),
+            }
+            for worker, seen in sorted(alive.items())
+        ]
 
     # -- monitoring ---------------------------------------------------------------------------
     def _on_transition(self, kind: str, job: JobRecord, info: dict) -> None:
@@ -204,16 +209,26 @@ class LedgerDeployment:
             metrics.observe("rescored_queue_wait_seconds", info["waited_s"], priority=priority)
         elif kind == "completed":
             metrics.inc("rescored_jobs_completed_total", priority=priority)
-            metrics.observe("rescored_job_seconds", (job.completed_at or job.updated_at) - job.created_at,
-                            priority=priority)
+            metrics.observe(
+                "rescored_job_seconds", (job.completed_at or job.updated_at) - job.created_at, priority=priority
+            )
         elif kind == "retrying":
             metrics.inc("rescored_job_retries_total", stage=info["error"].get("stage"), reason=info["reason"])
         elif kind == "failed":
             error = info["error"]
-            metrics.inc("rescored_jobs_failed_total", priority=priority, stage=error.get("stage"),
-                        retryable=bool(error.get("retryable")))
-            log.info("job %s failed in %s: %s", job.job_id, error.get("stage"), error.get("message"),
-                     extra={logs.JOB_ID_FIELD: job.job_id, logs.STAGE_FIELD: error.get("stage")})
+            metrics.inc(
+                "rescored_jobs_failed_total",
+                priority=priority,
+                stage=error.get("stage"),
+                retryable=bool(error.get("retryable")),
+            )
+            log.info(
+                "job %s failed in %s: %s",
+                job.job_id,
+                error.get("stage"),
+                error.get("message"),
+                extra={logs.JOB_ID_FIELD: job.job_id, logs.STAGE_FIELD: error.get("stage")},
+            )
         elif kind == "cancelled":
             metrics.inc("rescored_jobs_cancelled_total", priority=priority)
 
@@ -261,7 +276,7 @@ class LedgerDeployment:
         """This replica's Ray actor name (namespace "serve"), for operators and fault tests."""
         import ray
 
-        return ray.get_runtime_context().get_actor_name()
+        return str(ray.get_runtime_context().get_actor_name())
 
     def __del__(self):
         self._stop.set()

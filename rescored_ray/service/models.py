@@ -18,7 +18,8 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
 
 from ray import serve
 
@@ -54,8 +55,9 @@ class SeparatorDeployment:
         self.stopped = 0
         self.chunks = 0
 
-    def separate(self, audio: Audio, progress: FractionCallback | None = None,
-                 checkpoint: Checkpoint | None = None) -> tuple[dict[str, Audio], list[dict[str, Any]]]:
+    def separate(
+        self, audio: Audio, progress: FractionCallback | None = None, checkpoint: Checkpoint | None = None
+    ) -> tuple[dict[str, Audio], list[dict[str, Any]]]:
         """The stems, and where they were made (this replica, its device)."""
         started = time.perf_counter()
         fallbacks = self.separator.cpu_fallbacks
@@ -105,9 +107,17 @@ class SeparatorDeployment:
 
     def info(self) -> dict[str, Any]:
         s = self.separator
-        return {"model": s.name, "device": str(s.device), "sources": s.sources, "random_weights": s.is_random,
-                "load_seconds": round(s.load_seconds, 3), "cpu_fallbacks": s.cpu_fallbacks, "songs": self.songs,
-                "stopped": self.stopped, "chunks": self.chunks}
+        return {
+            "model": s.name,
+            "device": str(s.device),
+            "sources": s.sources,
+            "random_weights": s.is_random,
+            "load_seconds": round(s.load_seconds, 3),
+            "cpu_fallbacks": s.cpu_fallbacks,
+            "songs": self.songs,
+            "stopped": self.stopped,
+            "chunks": self.chunks,
+        }
 
     def check_health(self) -> None:
         if self.separator.model is None:
@@ -153,8 +163,9 @@ class RemoteSeparator:
         self.handle = handle
         self.ran_on: list[dict[str, Any]] = []
 
-    def separate(self, audio: Audio, progress: FractionCallback | None = None,
-                 checkpoint: Checkpoint | None = None) -> dict[str, Audio]:
+    def separate(
+        self, audio: Audio, progress: FractionCallback | None = None, checkpoint: Checkpoint | None = None
+    ) -> dict[str, Audio]:
         stream = self.handle.options(stream=True).separate_stream.remote(audio)
         try:
             for message in stream:
@@ -181,8 +192,9 @@ class RemoteTranscriber:
         self.config = config
         self.ran_on: list[dict[str, Any]] = []
 
-    def transcribe_stems(self, stems: Mapping[str, Audio], wanted: Iterable[str] | None = None,
-                         progress: StemCallback | None = None) -> dict[str, list[Note]]:
+    def transcribe_stems(
+        self, stems: Mapping[str, Audio], wanted: Iterable[str] | None = None, progress: StemCallback | None = None
+    ) -> dict[str, list[Note]]:
         names = stems_to_transcribe(stems, wanted or self.config.stems)
         pending = {name: self.handle.transcribe.remote(stems[name], name) for name in names}
         result: dict[str, list[Note]] = {}

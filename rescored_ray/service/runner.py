@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rescored_ray import layout
 from rescored_ray.client import Client
@@ -25,8 +26,9 @@ from rescored_ray.settings import Settings
 APP_NAME = "rescored"
 
 
-def start_service(config: Settings, host: str = "127.0.0.1", port: int = 8000,
-                  dashboard: bool = True, address: str | None = None) -> str:
+def start_service(
+    config: Settings, host: str = "127.0.0.1", port: int = 8000, dashboard: bool = True, address: str | None = None
+) -> str:
     """Start the app on the Ray cluster at ``address``, or on a new local Ray (more logical
     CPUs than cores: every actor sets num_cpus). Returns the service's base URL."""
     import ray
@@ -44,9 +46,15 @@ def start_service(config: Settings, host: str = "127.0.0.1", port: int = 8000,
         bin_dir = os.path.dirname(sys.executable)
         if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-        context = ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=dashboard,
-                           dashboard_host="127.0.0.1", configure_logging=True, logging_level="WARNING",
-                           log_to_driver=False)
+        context = ray.init(
+            address="local",
+            num_cpus=max(8, os.cpu_count() or 1),
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            configure_logging=True,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
         _dashboard = f"http://{context.dashboard_url}" if context.dashboard_url else None
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
@@ -84,13 +92,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def run_demo(config: Settings, audio: Path, out_dir: Path, port: int,
-             log: Callable[[str], None] = print) -> Path:
+def run_demo(config: Settings, audio: Path, out_dir: Path, port: int, log: Callable[[str], None] = print) -> Path:
     """Submit ``audio`` to a freshly started local service and download its score to ``out_dir``."""
     from rescored_ray.settings import merge
 
-    config = Settings.model_validate(merge(config.model_dump(),
-                                           {"service": {"security": {"allow_private_networks": True}}}))
+    config = Settings.model_validate(
+        merge(config.model_dump(), {"service": {"security": {"allow_private_networks": True}}})
+    )
     files, files_url = serve_folder(audio.parent.resolve())
     started = time.monotonic()
     try:
@@ -109,8 +117,10 @@ def run_demo(config: Settings, audio: Path, out_dir: Path, port: int,
             score.save(out_dir)
             (out_dir / "job.json").write_text(json.dumps(job.status(), indent=2))
             score_file = out_dir / layout.file("musicxml")
-            log(f"completed: {score.result['n_notes']} notes, key {score.key}, {score.tempo:g} bpm; "
-                f"score written to {score_file}")
+            log(
+                f"completed: {score.result['n_notes']} notes, key {score.key}, {score.tempo:g} bpm; "
+                f"score written to {score_file}"
+            )
             return score_file
     finally:
         files.shutdown()

@@ -50,8 +50,14 @@ from rescored_ray.timeline import StageSpan, Timeline
 
 log = logging.getLogger(__name__)
 
-@serve.deployment(name="PipelineWorker", max_ongoing_requests=4, health_check_period_s=2,
-                  health_check_timeout_s=10, graceful_shutdown_timeout_s=5)
+
+@serve.deployment(
+    name="PipelineWorker",
+    max_ongoing_requests=4,
+    health_check_period_s=2,
+    health_check_timeout_s=10,
+    graceful_shutdown_timeout_s=5,
+)
 class PipelineWorker:
     """One worker slot: a background loop that leases and runs jobs."""
 
@@ -81,16 +87,23 @@ class PipelineWorker:
         if current is not None and time.monotonic() - current[1] > self.config.hard_time_limit_s:
             # Serve kills and replaces an unhealthy replica: the stuck job's lease then
             # expires and it is re-queued like any job whose worker died.
-            raise RuntimeError(f"job {current[0]} passed the hard time limit "
-                               f"({self.config.hard_time_limit_s:g} s); replacing this worker")
+            raise RuntimeError(
+                f"job {current[0]} passed the hard time limit "
+                f"({self.config.hard_time_limit_s:g} s); replacing this worker"
+            )
 
     def status(self) -> dict[str, Any]:
         current = self.current
         import ray
 
-        return {"worker_id": self.worker_id, "pid": os.getpid(), "busy": current is not None,
-                "actor_name": ray.get_runtime_context().get_actor_name(),
-                "job_id": current[0] if current else None, "jobs_done": self.jobs_done}
+        return {
+            "worker_id": self.worker_id,
+            "pid": os.getpid(),
+            "busy": current is not None,
+            "actor_name": ray.get_runtime_context().get_actor_name(),
+            "job_id": current[0] if current else None,
+            "jobs_done": self.jobs_done,
+        }
 
     def __del__(self) -> None:
         self._stop.set()
@@ -135,7 +148,8 @@ class PipelineWorker:
                 raise LeaseLost("lease lost; another worker has the job", stage="pipeline")
             if time.monotonic() - started > self.config.soft_time_limit_s:
                 raise TimeLimitExceeded(
-                    f"soft time limit of {self.config.soft_time_limit_s:g} s exceeded", stage="pipeline")
+                    f"soft time limit of {self.config.soft_time_limit_s:g} s exceeded", stage="pipeline"
+                )
 
         def progress(percent: int, stage: str, message: str) -> None:
             # Fire and forget: the job never waits on its progress report. A lost lease is
@@ -150,10 +164,12 @@ class PipelineWorker:
             cfg.source.temp_dir = str(self._temp_parent())
             if cfg.separation.enabled and self.separator is None:
                 raise NonRetryableError("this service deploys no separation model", stage="separation")
-            pipeline = Pipeline(cfg, separator=self.separator if cfg.separation.enabled else None,
-                                transcriber=self.transcriber)
-            result = pipeline.run(job.source, workdir, progress=progress, checkpoint=checkpoint, job_id=job_id,
-                                  timeline=timeline)
+            pipeline = Pipeline(
+                cfg, separator=self.separator if cfg.separation.enabled else None, transcriber=self.transcriber
+            )
+            result = pipeline.run(
+                job.source, workdir, progress=progress, checkpoint=checkpoint, job_id=job_id, timeline=timeline
+            )
             checkpoint()
             with timeline.stage("upload"):
                 publish(result, self.store, job_id)  # under <job_id>/: the record keeps the relative names
@@ -163,8 +179,13 @@ class PipelineWorker:
             self._acknowledge("complete", job_id, self.worker_id, summary, timeline.to_list())
             metrics.inc("rescored_audio_seconds_total", result.duration_s, path="service")
             self.jobs_done += 1
-            log.info("job %s completed: %d notes, %.1f s of audio in %.1f s", job_id, result.n_notes,
-                     result.duration_s, time.monotonic() - started)
+            log.info(
+                "job %s completed: %d notes, %.1f s of audio in %.1f s",
+                job_id,
+                result.n_notes,
+                result.duration_s,
+                time.monotonic() - started,
+            )
         except JobCancelled:
             self._acknowledge("mark_cancelled", job_id, self.worker_id, timeline.to_list())
             log.info("job %s cancelled", job_id)
@@ -177,8 +198,13 @@ class PipelineWorker:
             log_unexpected(exc, "pipeline")
             error = unexpected(exc, "pipeline")
             with logs.stage_context(error.stage):
-                log.warning("job %s attempt failed in %s (%s): %s", job_id, error.stage,
-                            "transient" if error.retryable else "permanent", error.message)
+                log.warning(
+                    "job %s attempt failed in %s (%s): %s",
+                    job_id,
+                    error.stage,
+                    "transient" if error.retryable else "permanent",
+                    error.message,
+                )
             self._acknowledge("fail", job_id, self.worker_id, error.to_dict(), error.retryable, timeline.to_list())
         finally:
             beat_stop.set()
@@ -201,8 +227,13 @@ class PipelineWorker:
                 return
             except Exception as exc:
                 if time.monotonic() + delay > deadline or self._stop.is_set():
-                    log.error("job %s: could not %s it in the ledger (%s); its lease will expire and "
-                              "the job will be re-queued", job_id, method.replace("_", " "), exc)
+                    log.error(
+                        "job %s: could not %s it in the ledger (%s); its lease will expire and "
+                        "the job will be re-queued",
+                        job_id,
+                        method.replace("_", " "),
+                        exc,
+                    )
                     return
                 log.warning("job %s: ledger %s failed (%s); retrying in %.1f s", job_id, method, exc, delay)
                 time.sleep(delay)
@@ -216,6 +247,7 @@ class PipelineWorker:
 
 def _log_stage(span: StageSpan) -> None:
     """One line per stage: how long it took and where it ran (the job context is on it)."""
-    ran_on = ", ".join(" ".join(str(w[k]) for k in ("actor", "device", "stem") if w.get(k)) or w.get("host", "")
-                       for w in span.workers)
+    ran_on = ", ".join(
+        " ".join(str(w[k]) for k in ("actor", "device", "stem") if w.get(k)) or w.get("host", "") for w in span.workers
+    )
     log.info("%s %s in %.2f s (%s)", span.stage, "done" if span.ok else "failed", span.seconds, ran_on)

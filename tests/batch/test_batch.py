@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from rescored_ray.batch import run_batch
-from rescored_ray.settings import load_settings, merge
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST, SKIPPED
 from rescored_ray.pipeline import Pipeline
 from rescored_ray.separation import ModelLoadError
+from rescored_ray.settings import load_settings, merge
 from tests.metrics_scrape import deltas_when_settled, scrape, value
 
 pytestmark = pytest.mark.slow
@@ -39,8 +39,9 @@ def _config(tmp: Path, pipeline=None, **batch):
         "separation": {"model": "demucs_unittest"},
         "transcription": {"stems": ["other", "bass", "vocals"]},
     }
-    return load_settings(overrides={"batch": merge(base, batch), "pipeline": merge(base_pipeline, pipeline or {})},
-                         env={})
+    return load_settings(
+        overrides={"batch": merge(base, batch), "pipeline": merge(base_pipeline, pipeline or {})}, env={}
+    )
 
 
 class ActorWatcher(threading.Thread):
@@ -58,14 +59,21 @@ class ActorWatcher(threading.Thread):
         from ray.util.state import list_actors
 
         while not self.stop.is_set():
-            alive = list_actors(address=self.address, detail=True, filters=[("state", "=", "ALIVE")],
-                                raise_on_missing_output=False)
+            alive = list_actors(
+                address=self.address, detail=True, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False
+            )
             stage_actors = []
             for actor in alive:
                 name = next((stage for stage in GPU_SHARES if stage in (actor.class_name or "")), None)
                 if name:
-                    stage_actors.append({"stage": name, "node": actor.node_id, "pid": actor.pid,
-                                         "resources": dict(actor.required_resources or {})})
+                    stage_actors.append(
+                        {
+                            "stage": name,
+                            "node": actor.node_id,
+                            "pid": actor.pid,
+                            "resources": dict(actor.required_resources or {}),
+                        }
+                    )
             if stage_actors:
                 self.snapshots.append(stage_actors)
             self.stop.wait(0.3)
@@ -99,8 +107,16 @@ def first_run(ray_cluster, rss_feed_info, flaky_url, tmp_path_factory):
         watcher.stop.set()
         watcher.join(10)
     table = pq.read_table(output / MANIFEST)
-    return {"summary": summary, "rows": table.to_pylist(), "output": output, "config": config, "tmp": tmp,
-            "watcher": watcher, "url_list": url_list, "metrics_before": metrics_before}
+    return {
+        "summary": summary,
+        "rows": table.to_pylist(),
+        "output": output,
+        "config": config,
+        "tmp": tmp,
+        "watcher": watcher,
+        "url_list": url_list,
+        "metrics_before": metrics_before,
+    }
 
 
 def test_batch_metrics_reach_the_metrics_agent(first_run):
@@ -117,8 +133,9 @@ def test_batch_metrics_reach_the_metrics_agent(first_run):
     }
     deltas, after = deltas_when_settled(first_run["metrics_before"], expected)
     assert deltas == expected
-    audio = value(after, "rescored_audio_seconds_total", path="batch") - \
-        value(first_run["metrics_before"], "rescored_audio_seconds_total", path="batch")
+    audio = value(after, "rescored_audio_seconds_total", path="batch") - value(
+        first_run["metrics_before"], "rescored_audio_seconds_total", path="batch"
+    )
     assert audio == pytest.approx(sum(row["duration_s"] for row in completed), abs=0.01)
     # (model load times are gauges of the stage actors: they leave the agent with the actors at
     # the end of the run, so they are checked on the service's live replicas in test_monitoring)
@@ -139,7 +156,7 @@ def test_manifest_has_every_entry_with_the_right_status(first_run, rss_feed_info
     items = rss_feed_info.good_items
     good = [rows[item.url] for item in items] + [rows[flaky_url]]
     assert all(row["status"] == COMPLETED for row in good), [(r["id"], r["error"]) for r in good]
-    for row, item in zip(good, items + [items[0]]):
+    for row, item in zip(good, [*items, items[0]], strict=False):
         assert row["duration_s"] == pytest.approx(item.duration_s, abs=0.1)
         assert row["error"] is None and row["n_notes"] > 0 and row["key"] and row["tempo_bpm"] > 0
         assert row["separation_model"] == "demucs_unittest"
@@ -190,8 +207,11 @@ def test_separator_and_transcribers_share_one_gpu(first_run, ray_cluster):
     assert ray_cluster.cluster_resources().get("GPU") == 1
     snapshots = first_run["watcher"].snapshots
     assert snapshots, "the state API never showed a stage actor"
-    full = [snap for snap in snapshots
-            if sorted(actor["stage"] for actor in snap) == ["SeparateStems", "TranscribeStems", "TranscribeStems"]]
+    full = [
+        snap
+        for snap in snapshots
+        if sorted(actor["stage"] for actor in snap) == ["SeparateStems", "TranscribeStems", "TranscribeStems"]
+    ]
     assert full, f"never saw 1 separator + 2 transcribers alive together: {snapshots[-1]}"
     snap = full[-1]
     for actor in snap:
@@ -211,8 +231,9 @@ def test_resume_runs_only_the_missing_entries(first_run, rss_feed_info, flaky_ur
     kept = [rows[item.url] for item in rss_feed_info.good_items if item.url != lost["url"]] + [rows[flaky_url]]
     kept_mtimes = {row["id"]: Path(row["musicxml"]).stat().st_mtime_ns for row in kept}
 
-    summary = run_batch([rss_feed_info.url, str(first_run["url_list"])], str(output), first_run["config"],
-                        progress_bars=False)
+    summary = run_batch(
+        [rss_feed_info.url, str(first_run["url_list"])], str(output), first_run["config"], progress_bars=False
+    )
     again = {row["url"]: row for row in pq.read_table(output / MANIFEST).to_pylist()}
     assert (summary.completed, summary.skipped, summary.failed) == (1, 4, 1)
     assert again[lost["url"]]["status"] == COMPLETED and again[lost["url"]]["run_id"] == summary.run_id

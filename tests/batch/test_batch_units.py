@@ -10,18 +10,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from rescored_ray.batch.config import BatchConfig
-from rescored_ray.settings import load_settings
 from rescored_ray.batch.inputs import expand_inputs, safe_id
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST, PARTS, SKIPPED, Manifest
 from rescored_ray.batch.runner import required_cpus
 from rescored_ray.errors import NonRetryableError, RetryableError
 from rescored_ray.retry import backoff_delay, call_with_retries
+from rescored_ray.settings import load_settings
 from rescored_ray.storage import ResultStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- inputs -------------------------------------------------------------------------------------
+
 
 def test_safe_id_is_a_folder_name_and_keeps_distinct_ids_apart():
     assert safe_id("dQw4w9WgXcQ", "x") == "dQw4w9WgXcQ"
@@ -59,8 +60,12 @@ def test_url_files_folders_and_duplicates(tmp_path, chorale_encoded, http_server
 
     entries, failures = expand_inputs([str(text), str(table), str(parquet), str(folder)])
     assert not failures
-    assert [e.url for e in entries] == [mp3_url, flac_url, "https://www.youtube.com/watch?v=dQw4w9WgXcQ",
-                                        str((folder / "sub" / "song one.mp3").resolve())]
+    assert [e.url for e in entries] == [
+        mp3_url,
+        flac_url,
+        "https://www.youtube.com/watch?v=dQw4w9WgXcQ",
+        str((folder / "sub" / "song one.mp3").resolve()),
+    ]
     assert entries[1].title == "FLAC take" and entries[1].id.startswith("my_id_1")
     assert entries[2].id == "dQw4w9WgXcQ"
     assert entries[3].id.startswith("sub_song_one")
@@ -78,6 +83,7 @@ def test_unreadable_inputs_are_reported_not_fatal(tmp_path, http_server):
 
 
 # -- manifest -----------------------------------------------------------------------------------
+
 
 def _row(entry_id: str, status: str, **extra) -> dict:
     return {"id": entry_id, "url": f"https://example.org/{entry_id}.mp3", "status": status, "index": 0, **extra}
@@ -113,6 +119,7 @@ def test_manifest_ignores_a_part_cut_short(tmp_path):
 
 
 # -- retries and config -------------------------------------------------------------------------
+
 
 def test_backoff_doubles_and_caps():
     assert [backoff_delay(n, 2.0, 10.0) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 10.0]
@@ -154,8 +161,7 @@ def test_batch_yaml_is_valid_and_gpu_shares_default_sensibly():
     assert config.batch.transcriber.gpus("transcriber", gpus_available=True) == 0.25
     assert config.batch.separator.gpus("separator", gpus_available=False) == 0.0
     assert required_cpus(config) == 2 * 1 + 2 * 1 + 1 + 1
-    no_separation = load_settings(ROOT / "configs" / "batch.yaml",
-                                  env={"RESCORED_PIPELINE__SEPARATION__MODEL": "none"})
+    no_separation = load_settings(ROOT / "configs" / "batch.yaml", env={"RESCORED_PIPELINE__SEPARATION__MODEL": "none"})
     assert no_separation.pipeline.separation.enabled is False and required_cpus(no_separation) == 4
     with pytest.raises(ValueError):
         BatchConfig.model_validate({"separator": {"num_gpus": 0.5, "typo": 1}})

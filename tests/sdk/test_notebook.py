@@ -29,8 +29,9 @@ def test_quickstart_notebook_executes(ray_head, monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("RAY_ADDRESS", ray_head.gcs_address)
     notebook = nbformat.read(REPO / "examples" / "quickstart.ipynb", as_version=4)
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO / "examples")}})
+    client = NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO / "examples")}}
+    )
     try:
         client.execute()
     finally:

@@ -157,8 +157,9 @@ def test_async_failures_raise_the_same_errors(base_url, http_server):
 
 
 def run_cli(*args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "rescored_ray.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "rescored_ray.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_cli_submit_status_download(base_url, http_server, chorale_encoded, media_dir, tmp_path):
@@ -177,8 +178,9 @@ def test_cli_submit_status_download(base_url, http_server, chorale_encoded, medi
 
 
 def test_transcribe_in_process_and_on_ray(chorale_encoded, chorale, ray_cluster, tmp_path):
-    here = rescored_ray.transcribe(str(chorale_encoded["flac"]), tmp_path / "here", use_ray=False,
-                                   progress=False, separation="none", stems=["mix"])
+    here = rescored_ray.transcribe(
+        str(chorale_encoded["flac"]), tmp_path / "here", use_ray=False, progress=False, separation="none", stems=["mix"]
+    )
     assert onset_f1(chorale, here.notes) > 0.7
     assert (tmp_path / "here" / "score.musicxml").is_file()
     on_ray = rescored_ray.transcribe(str(chorale_encoded["flac"]), separation="none", stems=["mix"])
@@ -190,8 +192,10 @@ def test_transcribe_in_process_and_on_ray(chorale_encoded, chorale, ray_cluster,
 def test_batch_through_the_ray_jobs_api(ray_head, client, rss_feed_info, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_head.token_file))
     config = tmp_path / "batch.yaml"
-    config.write_text("batch: {transcriber: {num_cpus: 1}, download: {num_cpus: 0.5}, notation: {num_cpus: 0.5}}\n"
-                      "pipeline: {separation: {model: none}, write_preview: false}\n")
+    config.write_text(
+        "batch: {transcriber: {num_cpus: 1}, download: {num_cpus: 0.5}, notation: {num_cpus: 0.5}}\n"
+        "pipeline: {separation: {model: none}, write_preview: false}\n"
+    )
     run = client.batch([rss_feed_info.url], str(tmp_path / "out"), config=str(config), ray_address=ray_head.address)
     assert run.wait(timeout=300) == "SUCCEEDED"
     good = len(rss_feed_info.good_items)

@@ -23,16 +23,19 @@ FAST = {"separation": "none", "stems": ["mix"]}
 def service(serve_port, tmp_path_factory):
     from ray import serve
 
-    deploy(tmp_path_factory.mktemp("access-data"),
-           security={"allow_private_networks": True, "api_tokens": {"alice": ALICE, "bob": BOB}},
-           limits={"jobs_per_window": 3, "window_s": 3600, "max_active_jobs": 2, "max_body_bytes": 2048})
+    deploy(
+        tmp_path_factory.mktemp("access-data"),
+        security={"allow_private_networks": True, "api_tokens": {"alice": ALICE, "bob": BOB}},
+        limits={"jobs_per_window": 3, "window_s": 3600, "max_active_jobs": 2, "max_body_bytes": 2048},
+    )
     base = f"http://127.0.0.1:{serve_port}"
-    with httpx.Client(base_url=base, timeout=30) as anonymous, \
-            httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {ALICE}"}) as alice, \
-            httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {BOB}"}) as bob:
+    with (
+        httpx.Client(base_url=base, timeout=30) as anonymous,
+        httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {ALICE}"}) as alice,
+        httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {BOB}"}) as bob,
+    ):
         yield {"anonymous": anonymous, "alice": alice, "bob": bob, "port": serve_port}
     serve.delete("rescored")
-
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +47,13 @@ def alice_job(service, http_server):
 
 def test_api_needs_a_valid_token(service):
     anonymous = service["anonymous"]
-    for method, path in [("POST", "/api/v1/transcribe"), ("GET", "/api/v1/jobs"), ("GET", "/api/v1/queue"),
-                         ("GET", "/api/v1/jobs/0123456789abcdef0123456789abcdef"),
-                         ("GET", "/api/v1/scores/0123456789abcdef0123456789abcdef")]:
+    for method, path in [
+        ("POST", "/api/v1/transcribe"),
+        ("GET", "/api/v1/jobs"),
+        ("GET", "/api/v1/queue"),
+        ("GET", "/api/v1/jobs/0123456789abcdef0123456789abcdef"),
+        ("GET", "/api/v1/scores/0123456789abcdef0123456789abcdef"),
+    ]:
         response = anonymous.request(method, path, json={"url": "http://x/a.mp3"} if method == "POST" else None)
         assert response.status_code == 401, (path, response.text)
         assert response.headers["www-authenticate"] == "Bearer" and "token" in response.json()["error"]["message"]
@@ -63,8 +70,12 @@ def test_a_client_sees_only_its_own_jobs(service, alice_job):
     assert alice_job["status"] == "completed"
     assert alice.get(f"/api/v1/jobs/{job_id}").status_code == 200
     assert alice.get(f"/api/v1/scores/{job_id}").status_code == 200
-    for method, path in [("GET", f"/api/v1/jobs/{job_id}"), ("GET", f"/api/v1/scores/{job_id}"),
-                         ("GET", f"/api/v1/scores/{job_id}/midi"), ("DELETE", f"/api/v1/jobs/{job_id}")]:
+    for method, path in [
+        ("GET", f"/api/v1/jobs/{job_id}"),
+        ("GET", f"/api/v1/scores/{job_id}"),
+        ("GET", f"/api/v1/scores/{job_id}/midi"),
+        ("DELETE", f"/api/v1/jobs/{job_id}"),
+    ]:
         response = bob.request(method, path)
         assert response.status_code == 403 and "another client" in response.json()["error"]["message"], (method, path)
         assert response.json()["error"]["code"] == "forbidden"
@@ -77,9 +88,8 @@ def test_a_client_sees_only_its_own_jobs(service, alice_job):
 
 def test_websocket_needs_the_owners_token(service, alice_job):
     url = f"ws://127.0.0.1:{service['port']}/api/v1/jobs/{alice_job['job_id']}/stream"
-    with pytest.raises(InvalidStatus):  # closed before the handshake completes: no token
-        with ws_connect(url, open_timeout=10) as ws:
-            ws.recv(timeout=10)
+    with pytest.raises(InvalidStatus), ws_connect(url, open_timeout=10) as ws:  # no token: refused at the handshake
+        ws.recv(timeout=10)
     with ws_connect(url, additional_headers={"Authorization": f"Bearer {BOB}"}, open_timeout=10) as ws:
         message = ws.recv(timeout=10)
     assert "another client" in message
@@ -97,7 +107,9 @@ def test_oversized_and_unsized_bodies_are_refused(service):
     def chunks():
         yield b'{"url": "http://example.com/a.mp3"}'
 
-    unsized = service["alice"].post("/api/v1/transcribe", content=chunks(), headers={"Content-Type": "application/json"})
+    unsized = service["alice"].post(
+        "/api/v1/transcribe", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert unsized.status_code == 411
 
 
@@ -105,7 +117,9 @@ def test_rate_limit_per_client_with_retry_after(service, http_server, alice_job)
     alice, bob = service["alice"], service["bob"]
     # alice_job was her first new job of the hour; two more fit, the next is refused
     for n in (1, 2):
-        created = alice.post("/api/v1/transcribe", json={"url": http_server.url(f"status/404/rate-{n}.mp3"), "options": FAST})
+        created = alice.post(
+            "/api/v1/transcribe", json={"url": http_server.url(f"status/404/rate-{n}.mp3"), "options": FAST}
+        )
         assert created.status_code == 201, created.text
         wait_for_job(alice, created.json()["job_id"])
     refused = alice.post("/api/v1/transcribe", json={"url": http_server.url("status/404/rate-3.mp3"), "options": FAST})
@@ -125,14 +139,22 @@ def test_rate_limit_per_client_with_retry_after(service, http_server, alice_job)
 
 def test_active_jobs_per_client_are_capped(service, http_server):
     bob = service["bob"]
-    slow = [bob.post("/api/v1/transcribe", json={"url": http_server.url(f"delay/4/chorale.mp3?active={n}"),
-                                                 "options": FAST}) for n in (1,)]
+    slow = [
+        bob.post(
+            "/api/v1/transcribe", json={"url": http_server.url(f"delay/4/chorale.mp3?active={n}"), "options": FAST}
+        )
+        for n in (1,)
+    ]
     assert all(r.status_code == 201 for r in slow)
     # bob has 1 slow job (+1 finished); one more may be active, then the cap of 2 holds
-    second = bob.post("/api/v1/transcribe", json={"url": http_server.url("delay/4/chorale.mp3?active=2"), "options": FAST})
+    second = bob.post(
+        "/api/v1/transcribe", json={"url": http_server.url("delay/4/chorale.mp3?active=2"), "options": FAST}
+    )
     assert second.status_code == 201
-    third = bob.post("/api/v1/transcribe", json={"url": http_server.url("delay/4/chorale.mp3?active=3"), "options": FAST})
+    third = bob.post(
+        "/api/v1/transcribe", json={"url": http_server.url("delay/4/chorale.mp3?active=3"), "options": FAST}
+    )
     assert third.status_code == 429 and "queued or running" in third.json()["error"]["message"]
     assert third.json()["retry_after_seconds"] >= 1
-    for created in slow + [second]:
+    for created in [*slow, second]:
         wait_for_job(bob, created.json()["job_id"])

@@ -19,9 +19,16 @@ def base_url(serve_port, tmp_path_factory):
     from ray import serve
 
     # no retries and one worker: generated jobs (random hosts) fail fast and never pile up
-    deploy(tmp_path_factory.mktemp("schema-data"), max_retries=0,
-           pipeline={"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}, "write_preview": False,
-                     "source": {"socket_timeout_s": 2}})
+    deploy(
+        tmp_path_factory.mktemp("schema-data"),
+        max_retries=0,
+        pipeline={
+            "separation": {"model": "none"},
+            "transcription": {"stems": ["mix"]},
+            "write_preview": False,
+            "source": {"socket_timeout_s": 2},
+        },
+    )
     yield f"http://127.0.0.1:{serve_port}"
     serve.delete("rescored")
 
@@ -40,11 +47,12 @@ def test_no_server_errors_and_documented_responses_match(api_schema):
     checks = [not_a_server_error, response_schema_conformance, content_type_conformance]
     statuses: dict[str, list[int]] = {}
     for operation in operations:
+
         @given(case=operation.as_strategy())
         @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def exercise(case):
             response = case.call_and_validate(checks=checks, timeout=30)
-            statuses.setdefault(operation.label, []).append(response.status_code)
+            statuses.setdefault(operation.label, []).append(response.status_code)  # noqa: B023
 
         exercise()
     assert set(statuses) == {operation.label for operation in operations}

@@ -29,18 +29,102 @@ REFUSED = [
     ("url is a number", "POST", "/api/v1/transcribe", {"url": 42}, 400, "url"),
     ("url is null", "POST", "/api/v1/transcribe", {"url": None}, 400, "url is required"),
     ("no url at all", "POST", "/api/v1/transcribe", {"priority": "high"}, 400, "url is required"),
-    ("priority unknown", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "priority": "urgent"}, 400, "priority"),
-    ("priority wrong type", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "priority": 1}, 400, "priority"),
-    ("unknown field", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "colour": "blue"}, 400, "colour"),
-    ("unknown option", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "options": {"speed": 2}}, 400, "speed"),
-    ("options is a list", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "options": []}, 400, "options"),
-    ("stems is a string", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "options": {"stems": "bass"}}, 400, "stems"),
-    ("too many stems", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "options": {"stems": ["a"] * 9}}, 400, "stems"),
-    ("stem name escapes", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "options": {"stems": ["../etc"]}}, 400, "invalid stem"),
-    ("tempo negative", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "options": {"tempo_override": -5}}, 400, "tempo_override"),
-    ("tempo absurd", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "options": {"tempo_override": 1000}}, 400, "tempo_override"),
-    ("key nonsense", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "options": {"key_override": "H# flat major"}}, 400, "key"),
-    ("model not deployed", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "options": {"separation": "htdemucs_ft"}}, 400, "not deployed"),
+    (
+        "priority unknown",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "priority": "urgent"},
+        400,
+        "priority",
+    ),
+    (
+        "priority wrong type",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "priority": 1},
+        400,
+        "priority",
+    ),
+    (
+        "unknown field",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "colour": "blue"},
+        400,
+        "colour",
+    ),
+    (
+        "unknown option",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "options": {"speed": 2}},
+        400,
+        "speed",
+    ),
+    (
+        "options is a list",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "options": []},
+        400,
+        "options",
+    ),
+    (
+        "stems is a string",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "options": {"stems": "bass"}},
+        400,
+        "stems",
+    ),
+    (
+        "too many stems",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "options": {"stems": ["a"] * 9}},
+        400,
+        "stems",
+    ),
+    (
+        "stem name escapes",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "options": {"stems": ["../etc"]}},
+        400,
+        "invalid stem",
+    ),
+    (
+        "tempo negative",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "options": {"tempo_override": -5}},
+        400,
+        "tempo_override",
+    ),
+    (
+        "tempo absurd",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "options": {"tempo_override": 1000}},
+        400,
+        "tempo_override",
+    ),
+    (
+        "key nonsense",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "options": {"key_override": "H# flat major"}},
+        400,
+        "key",
+    ),
+    (
+        "model not deployed",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "http://example.com/a.mp3", "options": {"separation": "htdemucs_ft"}},
+        400,
+        "not deployed",
+    ),
     ("empty url", "POST", "/api/v1/transcribe", {"url": ""}, 400, "url"),
     ("whitespace url", "POST", "/api/v1/transcribe", {"url": "   "}, 400, ""),
     ("overlong url", "POST", "/api/v1/transcribe", {"url": "http://example.com/" + "a" * 4100}, 400, "url"),
@@ -50,13 +134,34 @@ REFUSED = [
     ("file url", "POST", "/api/v1/transcribe", {"url": "file:///etc/passwd"}, 400, ""),
     ("local path", "POST", "/api/v1/transcribe", {"url": "/etc/passwd"}, 400, ""),
     ("huge body", "POST", "/api/v1/transcribe", {"url": "http://example.com/a.mp3", "pad": "x" * 20_000}, 413, "bytes"),
-    ("youtube playlist", "POST", "/api/v1/transcribe", {"url": "https://www.youtube.com/playlist?list=PLx0sYbCqOb8TBPRdmBHs5Iftvv9TPboYG"}, 400, "playlist"),
+    (
+        "youtube playlist",
+        "POST",
+        "/api/v1/transcribe",
+        {"url": "https://www.youtube.com/playlist?list=PLx0sYbCqOb8TBPRdmBHs5Iftvv9TPboYG"},
+        400,
+        "playlist",
+    ),
     ("youtube id too short", "POST", "/api/v1/transcribe", {"url": "https://www.youtube.com/watch?v=short"}, 400, ""),
     ("unknown job", "GET", "/api/v1/jobs/0123456789abcdef0123456789abcdef", None, 404, "not found"),
     ("cancel unknown job", "DELETE", "/api/v1/jobs/0123456789abcdef0123456789abcdef", None, 404, "not found"),
     ("score of unknown job", "GET", "/api/v1/scores/0123456789abcdef0123456789abcdef", None, 404, "not found"),
-    ("stem path escape", "GET", "/api/v1/scores/0123456789abcdef0123456789abcdef/stems/..%2F..%2Fledger", None, 404, "not found"),
-    ("stem name not allowed", "GET", "/api/v1/scores/0123456789abcdef0123456789abcdef/stems/Bass.flac", None, 400, "stem"),
+    (
+        "stem path escape",
+        "GET",
+        "/api/v1/scores/0123456789abcdef0123456789abcdef/stems/..%2F..%2Fledger",
+        None,
+        404,
+        "not found",
+    ),
+    (
+        "stem name not allowed",
+        "GET",
+        "/api/v1/scores/0123456789abcdef0123456789abcdef/stems/Bass.flac",
+        None,
+        400,
+        "stem",
+    ),
     ("unknown route", "GET", "/api/v1/nothing-here", None, 404, "not found"),
     ("wrong method", "PUT", "/api/v1/transcribe", {"url": "http://example.com/a.mp3"}, 405, "not allowed"),
     ("list with bad status", "GET", "/api/v1/jobs?status=exploded", None, 400, "status"),
@@ -96,9 +201,16 @@ def service(serve_port, tmp_path_factory):
     from ray import serve
 
     data_dir = tmp_path_factory.mktemp("bad-input-data")
-    deploy(data_dir, max_retries=1, backoff_base_s=0.2,
-           pipeline={"separation": {"model": "demucs_unittest", "device": "cpu"}, "write_preview": False,
-                     "source": {"max_duration_s": 900}})
+    deploy(
+        data_dir,
+        max_retries=1,
+        backoff_base_s=0.2,
+        pipeline={
+            "separation": {"model": "demucs_unittest", "device": "cpu"},
+            "write_preview": False,
+            "source": {"max_duration_s": 900},
+        },
+    )
     with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60) as client:
         client.data_dir = data_dir
         yield client
@@ -132,14 +244,17 @@ def test_refused_at_the_door(service, name, method, path, body, status, words):
     if isinstance(body, bytes):
         response = service.request(method, path, content=body, headers={"Content-Type": "application/json"})
     else:
-        response = service.request(method, path, content=None if body is None else json.dumps(body).encode(),
-                                   headers={"Content-Type": "application/json"})
+        response = service.request(
+            method,
+            path,
+            content=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
     assert response.status_code == status, response.text
     error = response.json()["error"]
     message = error["message"]
     assert isinstance(message, str) and message and words.lower() in message.lower()
     assert SERVICE_ERRORS[error["code"]].status == status  # a stable code for every refusal
-
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +288,10 @@ def test_odd_but_valid_audio_completes(outcomes, name, template, min_notes):
 
 
 def test_after_the_corpus_a_good_job_completes_and_nothing_is_left_behind(service, outcomes, http_server):
-    response = service.post("/api/v1/transcribe", json={"url": http_server.url("chorale.flac") + "?after=bad",
-                                                        "options": {"stems": ["other", "bass"]}})
+    response = service.post(
+        "/api/v1/transcribe",
+        json={"url": http_server.url("chorale.flac") + "?after=bad", "options": {"stems": ["other", "bass"]}},
+    )
     job = wait_for_job(service, response.json()["job_id"])
     assert job["status"] == "completed" and job["result"]["n_notes"] > 20
     leftovers = list((service.data_dir / "tmp").iterdir())

@@ -31,8 +31,10 @@ MATRIX: dict[str, dict] = {}
 def data_disk(tmp_path_factory):
     """A 128 MiB tmpfs for the service's data dir, or a plain folder where mounting is not allowed."""
     path = tmp_path_factory.mktemp("faults-disk")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(path)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(path)], capture_output=True).returncode
+        == 0
+    )
     yield {"path": path, "tmpfs": mounted}
     if mounted:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
@@ -104,8 +106,13 @@ def account(client, name: str, job_ids: list[str], timeout: float = 180) -> dict
         "failed": sum(1 for j in finished if j["status"] == "failed"),
         "lost": len(job_ids) - len(finished),
         "duplicated": sum(1 for j in finished if [a["outcome"] for a in j["attempts"]].count("completed") > 1),
-        "attempts": {job_id[:8]: [(a["outcome"], (a["error"] or {}).get("type"), (a["error"] or {}).get("stage"))
-                                  for a in j["attempts"]] for job_id, j in jobs.items() if j},
+        "attempts": {
+            job_id[:8]: [
+                (a["outcome"], (a["error"] or {}).get("type"), (a["error"] or {}).get("stage")) for a in j["attempts"]
+            ]
+            for job_id, j in jobs.items()
+            if j
+        },
     }
     MATRIX[name] = row
     for job in finished:

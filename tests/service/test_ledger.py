@@ -7,6 +7,7 @@ available) on the same file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -16,6 +17,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -327,7 +329,7 @@ def test_progress_monotonic_and_events_ordered(store: SQLiteJobStore, clock: Fak
     assert got.attempts[-1].stage == "musicxml"
     evs = store.events(job.job_id)
     assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
-    assert all(b.at >= a.at for a, b in zip(evs, evs[1:]))
+    assert all(b.at >= a.at for a, b in itertools.pairwise(evs))
     progress = [e.data["progress"] for e in evs if e.type == "progress"]
     assert progress == [5, 20, 50, 100]  # the late 15 is dropped (not re-emitted as 20); capped at 100
     assert store.update_progress(job.job_id, "w", -5, None, None)
@@ -382,8 +384,13 @@ def test_retry_backoff_then_failed_with_history(store: SQLiteJobStore, clock: Fa
     assert delays == [1.0, 2.0, 4.0]
     final = store.get(job.job_id)
     assert final.status is JobStatus.FAILED and final.failed_at == clock()
-    assert final.error == {"type": "RetryableError", "code": "transient_error", "message": "network blip 4",
-                           "stage": "download", "retryable": True}
+    assert final.error == {
+        "type": "RetryableError",
+        "code": "transient_error",
+        "message": "network blip 4",
+        "stage": "download",
+        "retryable": True,
+    }
     assert final.expires_at == clock() + store.failed_ttl_s
     assert [a.outcome for a in final.attempts] == ["retrying", "retrying", "retrying", "failed"]
     assert [a.error["message"] for a in final.attempts] == [f"network blip {i}" for i in range(1, 5)]
@@ -415,8 +422,13 @@ def test_non_retryable_fails_at_once(store: SQLiteJobStore, clock: FakeClock) ->
     store.lease("w", 60)
     out = store.fail(job.job_id, "w", NonRetryableError("age-restricted", stage="source"), False)
     assert out.status is JobStatus.FAILED and len(out.attempts) == 1
-    assert out.error == {"type": "NonRetryableError", "code": "permanent_error", "message": "age-restricted",
-                         "stage": "source", "retryable": False}
+    assert out.error == {
+        "type": "NonRetryableError",
+        "code": "permanent_error",
+        "message": "age-restricted",
+        "stage": "source",
+        "retryable": False,
+    }
     assert out.attempts[0].outcome == "failed"
     assert store.get(job.job_id).status is JobStatus.FAILED
     assert [e.type for e in store.events(job.job_id)] == ["queued", "error"]
@@ -523,7 +535,13 @@ def test_expire_deletes_and_returns(db: Path, clock: FakeClock) -> None:
 
 
 def test_queue_stats_and_list(store: SQLiteJobStore) -> None:
-    assert store.queue_stats() == {"queued": {"high": 0, "default": 0}, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}
+    assert store.queue_stats() == {
+        "queued": {"high": 0, "default": 0},
+        "running": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
     hs = [_submit(store, f"h{i}", "high") for i in range(2)]
     ds = [_submit(store, f"d{i}") for i in range(5)]
     store.lease("w", 60)  # h0 -> completed
@@ -532,7 +550,13 @@ def test_queue_stats_and_list(store: SQLiteJobStore) -> None:
     store.lease("w", 60)  # d0 -> failed
     store.fail(ds[0].job_id, "w", {"message": "x"}, False)
     store.cancel(ds[1].job_id)
-    assert store.queue_stats() == {"queued": {"high": 0, "default": 3}, "running": 1, "completed": 1, "failed": 1, "cancelled": 1}
+    assert store.queue_stats() == {
+        "queued": {"high": 0, "default": 3},
+        "running": 1,
+        "completed": 1,
+        "failed": 1,
+        "cancelled": 1,
+    }
     assert [j.job_id for j in store.list_jobs(JobStatus.QUEUED)] == [d.job_id for d in reversed(ds[2:])]
     assert [j.job_id for j in store.list_jobs("running")] == [hs[1].job_id]
     assert len(store.list_jobs(limit=3)) == 3
@@ -580,9 +604,11 @@ def _child_submit_then_hang(path: str, n: int, conn_w) -> None:
     raw = sqlite3.connect(path, isolation_level=None)
     raw.execute("BEGIN IMMEDIATE")
     raw.execute("UPDATE jobs SET status = 'failed'")
-    raw.execute("INSERT INTO jobs (job_id, source, dedup_key, options, priority, priority_rank, status,"
-                " created_at, updated_at, max_attempts, not_before) VALUES"
-                " ('ghost', 's', 'k', '{}', 'default', 1, 'queued', 0, 0, 1, 0)")
+    raw.execute(
+        "INSERT INTO jobs (job_id, source, dedup_key, options, priority, priority_rank, status,"
+        " created_at, updated_at, max_attempts, not_before) VALUES"
+        " ('ghost', 's', 'k', '{}', 'default', 1, 'queued', 0, 0, 1, 0)"
+    )
     conn_w.send(ids)
     conn_w.close()
     time.sleep(60)
@@ -634,7 +660,7 @@ def test_kill9_during_write_loop_keeps_every_acknowledged_job(db: Path) -> None:
     p = ctx.Process(target=_child_submit_forever, args=(str(db), w), daemon=True)
     p.start()
     w.close()
-    acked = []
+    acked: list[Any] = []
     deadline = time.monotonic() + 20
     while len(acked) < 40 and time.monotonic() < deadline:
         if r.poll(1):
@@ -690,8 +716,7 @@ def test_lease_exclusive_across_threads_and_processes(db: Path) -> None:
     n_jobs = 200
     setup = SQLiteJobStore(db)
     submitted = [
-        setup.submit(f"src{i}", f"key{i}", {}, "high" if i % 4 == 0 else "default")[0].job_id
-        for i in range(n_jobs)
+        setup.submit(f"src{i}", f"key{i}", {}, "high" if i % 4 == 0 else "default")[0].job_id for i in range(n_jobs)
     ]
     setup.close()  # no SQLite connection may be open in this process across fork()
 
@@ -740,7 +765,7 @@ def test_lease_exclusive_across_threads_and_processes(db: Path) -> None:
         job = setup.get(jid)
         assert len(job.attempts) == 1 and job.attempts[0].outcome == "completed"
         assert job.result == {"by": job.attempts[0].worker}
-    for s in {id(s): s for s in stores + [setup]}.values():
+    for s in {id(s): s for s in [*stores, setup]}.values():
         s.close()
 
 

@@ -29,21 +29,30 @@ WARMUP = {f"warm{n:02d}": WARMUP_TOKEN for n in range(CLIENTS)}  # 50 connection
 def service(serve_port, tmp_path_factory):
     from ray import serve
 
-    deploy(tmp_path_factory.mktemp("load-data"), worker_slots=2,
-           security={"allow_private_networks": True, "api_tokens": {**TOKENS, "warm": WARMUP_TOKEN}},
-           limits={"jobs_per_window": ALLOWED, "window_s": 3600, "max_active_jobs": None})
+    deploy(
+        tmp_path_factory.mktemp("load-data"),
+        worker_slots=2,
+        security={"allow_private_networks": True, "api_tokens": {**TOKENS, "warm": WARMUP_TOKEN}},
+        limits={"jobs_per_window": ALLOWED, "window_s": 3600, "max_active_jobs": None},
+    )
     yield f"http://127.0.0.1:{serve_port}"
     serve.delete("rescored")
 
 
 async def burst(base: str, tokens: dict[str, str], url: str, tag: str) -> list[tuple[str, int, dict]]:
     """Every client sends PER_CLIENT submissions, all clients at once."""
+
     async def one_client(name: str, token: str) -> list[tuple[str, int, dict]]:
         async with httpx.AsyncClient(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
             replies = []
             for index in range(PER_CLIENT):
-                response = await http.post("/api/v1/transcribe", json={
-                    "url": f"{url}/{tag}-{name}-{index}.mp3", "options": {"separation": "none", "stems": ["mix"]}})
+                response = await http.post(
+                    "/api/v1/transcribe",
+                    json={
+                        "url": f"{url}/{tag}-{name}-{index}.mp3",
+                        "options": {"separation": "none", "stems": ["mix"]},
+                    },
+                )
                 replies.append((name, response.status_code, response.json()))
             return replies
 
@@ -98,6 +107,8 @@ def test_a_burst_of_500_is_answered_drained_and_nothing_is_lost(service, http_se
     assert queue["running"] == 0 and not any(queue["queued"].values())
 
     growth = ingress_rss() - before
-    print(f"burst: 500 submissions, {len(accepted)} accepted, drained in {time.monotonic() - started:.1f} s "
-          f"(with warm-up); ingress RSS growth {growth / 2**20:.1f} MiB")
+    print(
+        f"burst: 500 submissions, {len(accepted)} accepted, drained in {time.monotonic() - started:.1f} s "
+        f"(with warm-up); ingress RSS growth {growth / 2**20:.1f} MiB"
+    )
     assert growth < 25 * 2**20, f"ingress grew by {growth / 2**20:.1f} MiB over one burst"

@@ -20,6 +20,7 @@ from rescored_ray.metrics import METRICS
 from tests.metrics_scrape import deltas_when_settled, scrape, value
 from tests.service_app import deploy, wait_for_job
 
+
 @pytest.fixture(scope="module")
 def service(serve_port, tmp_path_factory):
     from ray import serve
@@ -48,8 +49,10 @@ def jobs(service, http_server):
     again = submit(http_server.url("chorale.flac"), {"stems": ["bass", "other"]}, priority="high")
     missing = submit(http_server.url("status/404/gone.mp3"), {"separation": "none", "stems": ["mix"]})
     flaky = submit(flaky_url, {"separation": "none", "stems": ["mix"]})
-    finished = {name: wait_for_job(service, created["job_id"], timeout=180) for name, created in
-                {"separated": separated, "missing": missing, "flaky": flaky}.items()}
+    finished = {
+        name: wait_for_job(service, created["job_id"], timeout=180)
+        for name, created in {"separated": separated, "missing": missing, "flaky": flaky}.items()
+    }
     assert again["deduplicated"] and again["job_id"] == separated["job_id"]
     return {"before": before, "jobs": finished}
 
@@ -82,8 +85,9 @@ def test_metrics_agent_exports_our_series_with_the_right_counts(jobs):
         ("rescored_queue_wait_seconds_count", ()): 3,
     }
     deltas, after = deltas_when_settled(before, expected)
-    audio_delta = value(after, "rescored_audio_seconds_total", path="service") - \
-        value(before, "rescored_audio_seconds_total", path="service")
+    audio_delta = value(after, "rescored_audio_seconds_total", path="service") - value(
+        before, "rescored_audio_seconds_total", path="service"
+    )
     assert deltas == expected
     assert audio_delta == pytest.approx(audio_s, abs=0.01)
     # model load times, from the model replicas
@@ -95,18 +99,20 @@ def test_queue_and_worker_gauges_settle(jobs):
     deadline = time.monotonic() + 30
     while True:
         samples = scrape()
-        state = (value(samples, "rescored_queue_depth", priority="high"),
-                 value(samples, "rescored_queue_depth", priority="default"),
-                 value(samples, "rescored_jobs_running"),
-                 value(samples, "rescored_worker_slots", state="idle"),
-                 value(samples, "rescored_worker_slots", state="busy"))
+        state = (
+            value(samples, "rescored_queue_depth", priority="high"),
+            value(samples, "rescored_queue_depth", priority="default"),
+            value(samples, "rescored_jobs_running"),
+            value(samples, "rescored_worker_slots", state="idle"),
+            value(samples, "rescored_worker_slots", state="busy"),
+        )
         if state == (0, 0, 0, 1, 0) or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert state == (0, 0, 0, 1, 0)  # drained, one worker slot (TEST_SETTINGS) idle
     series = {name for name, _ in samples}
     assert {"rescored_queue_depth", "rescored_jobs_running", "rescored_worker_slots"} <= series
-    assert series <= {name for name in METRICS} | {f"{n}_{s}" for n in METRICS for s in ("bucket", "count", "sum")}
+    assert series <= set(METRICS) | {f"{n}_{s}" for n in METRICS for s in ("bucket", "count", "sum")}
 
 
 def test_queue_endpoint_lists_worker_slots(service, jobs):
@@ -121,7 +127,7 @@ def test_timeline_says_when_and_where_each_stage_ran(service, jobs):
     stages = [span["stage"] for span in job["timeline"]]
     assert stages == ["queued", "download", "decode", "separation", "transcription", "notation", "outputs", "upload"]
     assert all(span["attempt"] == 1 and span["ok"] for span in job["timeline"])
-    for earlier, later in zip(job["timeline"], job["timeline"][1:]):
+    for earlier, later in zip(job["timeline"], job["timeline"][1:], strict=False):
         assert earlier["ended_at"] <= later["started_at"]  # ISO strings of one zone sort as times
     by_stage = {span["stage"]: span for span in job["timeline"]}
     assert all(w["actor"].startswith("SERVE_REPLICA::rescored#PipelineWorker") for w in by_stage["download"]["workers"])
@@ -132,7 +138,8 @@ def test_timeline_says_when_and_where_each_stage_ran(service, jobs):
     assert all("Transcriber" in w["actor"] and w["device"] == "CPUExecutionProvider" for w in transcription)
     assert by_stage["separation"]["seconds"] > 0
     assert sum(span["seconds"] for span in job["timeline"][1:]) <= (
-        (_ts(job["completed_at"]) - _ts(job["started_at"])) + 0.05)
+        (_ts(job["completed_at"]) - _ts(job["started_at"])) + 0.05
+    )
 
 
 def test_timeline_of_a_retried_job_keeps_the_failed_attempt(service, jobs):
@@ -153,7 +160,7 @@ def _ts(iso: str) -> float:
 def _replica_log_lines(deployment: str) -> list[dict]:
     import ray
 
-    logs_dir = ray._private.worker._global_node.get_logs_dir_path()
+    logs_dir = ray._private.worker._global_node.get_logs_dir_path()  # type: ignore[attr-defined]
     lines = []
     for path in glob.glob(os.path.join(logs_dir, "serve", f"replica_rescored_{deployment}_*.log")):
         with open(path) as handle:
@@ -168,8 +175,9 @@ def test_job_log_lines_carry_job_id_and_stage(jobs):
     deadline = time.monotonic() + 15  # Serve buffers replica logs briefly
     while True:
         lines = _replica_log_lines("PipelineWorker")
-        ours = {name: [line for line in lines if line.get("rescored_job_id") == job_id]
-                for name, job_id in job_ids.items()}
+        ours = {
+            name: [line for line in lines if line.get("rescored_job_id") == job_id] for name, job_id in job_ids.items()
+        }
         if all(ours.values()) or time.monotonic() > deadline:
             break
         time.sleep(1)

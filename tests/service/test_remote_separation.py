@@ -29,7 +29,7 @@ def long_recording(chorale, media_dir, http_server) -> str:
     samples, rate = read_wav(chorale.path)
     path = media_dir / "remote-separation" / "long-chorale.wav"
     path.parent.mkdir(exist_ok=True)
-    write_wav(path, np.tile(samples, (int(LONG_S * rate / len(samples)) + 1, 1))[:int(LONG_S * rate)], rate)
+    write_wav(path, np.tile(samples, (int(LONG_S * rate / len(samples)) + 1, 1))[: int(LONG_S * rate)], rate)
     return http_server.url(path.relative_to(media_dir).as_posix())
 
 
@@ -37,8 +37,11 @@ def long_recording(chorale, media_dir, http_server) -> str:
 def service(serve_port, tmp_path_factory):
     from ray import serve
 
-    deploy(tmp_path_factory.mktemp("remote-separation"), soft_time_limit_s=SOFT_LIMIT_S,
-           pipeline={"separation": {"segment": 1.0}, "write_preview": False})
+    deploy(
+        tmp_path_factory.mktemp("remote-separation"),
+        soft_time_limit_s=SOFT_LIMIT_S,
+        pipeline={"separation": {"segment": 1.0}, "write_preview": False},
+    )
     with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as client:
         yield client
     serve.delete("rescored")
@@ -92,8 +95,12 @@ def test_progress_streams_in_steps_and_cancel_stops_demucs_between_chunks(servic
 def test_soft_time_limit_stops_demucs_in_the_replica(service, long_recording):
     before = separator_info()
     created = submit(service, long_recording + "?limit=1")
-    job = wait_for_job(service, created["job_id"], timeout=120,
-                       predicate=lambda j: bool(j["attempts"]) and j["attempts"][0]["outcome"] is not None)
+    job = wait_for_job(
+        service,
+        created["job_id"],
+        timeout=120,
+        predicate=lambda j: bool(j["attempts"]) and j["attempts"][0]["outcome"] is not None,
+    )
     first = job["attempts"][0]
     assert first["outcome"] == "retrying", " ".join(f"{s['stage']}={s['seconds']}" for s in job["timeline"])
     assert separator_info()["chunks"] - before["chunks"] < CHUNKS

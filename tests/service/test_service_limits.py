@@ -7,6 +7,7 @@ lease expires so another worker takes it (then it is cancelled).
 """
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,15 +23,26 @@ REPO_CONFIG = "configs/serve.yaml"
 def limited(serve_port, tmp_path_factory):
     from ray import serve
 
-    config = load_settings(env={}, overrides={"service": {
-        "data_dir": str(tmp_path_factory.mktemp("limits-data")),
-        "lease_s": 3.0, "heartbeat_s": 0.5, "poll_s": 2.0,
-        "soft_time_limit_s": 100.0, "hard_time_limit_s": 8.0,
-        "result_ttl_s": 4.0, "failed_ttl_s": 4.0, "expiry_sweep_s": 1.0,
-        "security": {"allow_private_networks": True},
-        "limits": {"jobs_per_window": None, "max_active_jobs": None},
-        "transcriber": {"num_cpus": 0.5},
-    }, "pipeline": {"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}}})
+    config = load_settings(
+        env={},
+        overrides={
+            "service": {
+                "data_dir": str(tmp_path_factory.mktemp("limits-data")),
+                "lease_s": 3.0,
+                "heartbeat_s": 0.5,
+                "poll_s": 2.0,
+                "soft_time_limit_s": 100.0,
+                "hard_time_limit_s": 8.0,
+                "result_ttl_s": 4.0,
+                "failed_ttl_s": 4.0,
+                "expiry_sweep_s": 1.0,
+                "security": {"allow_private_networks": True},
+                "limits": {"jobs_per_window": None, "max_active_jobs": None},
+                "transcriber": {"num_cpus": 0.5},
+            },
+            "pipeline": {"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}},
+        },
+    )
     port = serve_port
     serve.run(build_app(config, gpus_available=False), name="rescored", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -77,7 +89,7 @@ def test_worker_past_the_hard_limit_is_replaced_and_the_job_requeued(limited, ht
 
 
 def test_serve_yaml_is_a_valid_serve_config_and_env_overrides_it(monkeypatch):
-    document = yaml.safe_load(open(REPO_CONFIG))
+    document = yaml.safe_load(Path(REPO_CONFIG).read_text())
     app = document["applications"][0]
     assert app["import_path"] == "rescored_ray.service.app:app_builder"
     monkeypatch.setenv("RESCORED_PIPELINE__SEPARATION__MODEL", "demucs_unittest")

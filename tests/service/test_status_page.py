@@ -50,11 +50,17 @@ def browser(tmp_path_factory):
     downloads = tmp_path_factory.mktemp("downloads")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1400,1700"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1700",
+    ):
         options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     driver.downloads = downloads
@@ -89,8 +95,11 @@ def submit_through_form(browser, url: str, priority: str) -> str:
     Select(browser.find_element(By.ID, "priority")).select_by_value(priority)
     browser.find_element(By.ID, "submit").click()
     message = browser.find_element(By.ID, "submit-message")
-    return until(lambda: (message.get_attribute("data-job-id") or previous) != previous
-                 and message.get_attribute("data-job-id"), 20, "the page to confirm the submission")
+    return until(
+        lambda: (message.get_attribute("data-job-id") or previous) != previous and message.get_attribute("data-job-id"),
+        20,
+        "the page to confirm the submission",
+    )
 
 
 def test_submit_watch_progress_see_score_and_download(browser, service_url, http_server):
@@ -102,8 +111,15 @@ def test_submit_watch_progress_see_score_and_download(browser, service_url, http
 
     # a permanent failure first: its row must show the stage and the error
     failed_id = submit_through_form(browser, http_server.url("status/404/page-gone.mp3"), "default")
-    error = until(lambda: query(browser, "const e = document.querySelector(arguments[0]); return e && e.textContent;",
-                                f"#job-{failed_id}[data-status=failed] .error"), 60, "the failed job's error")
+    error = until(
+        lambda: query(
+            browser,
+            "const e = document.querySelector(arguments[0]); return e && e.textContent;",
+            f"#job-{failed_id}[data-status=failed] .error",
+        ),
+        60,
+        "the failed job's error",
+    )
     assert error.startswith("download:") and "(permanent)" in error
 
     # then a real song, separated with Demucs (demucs_unittest) and transcribed with Basic Pitch
@@ -111,20 +127,28 @@ def test_submit_watch_progress_see_score_and_download(browser, service_url, http
     seen: list[int] = []
 
     def score_shown():
-        value = query(browser, "const bar = document.querySelector(arguments[0]);"
-                               "return bar && Number(bar.getAttribute('aria-valuenow'));",
-                      f"#job-{job_id} [role=progressbar]")
+        value = query(
+            browser,
+            "const bar = document.querySelector(arguments[0]);return bar && Number(bar.getAttribute('aria-valuenow'));",
+            f"#job-{job_id} [role=progressbar]",
+        )
         if value is not None and (not seen or seen[-1] != value):
             seen.append(value)
-        return query(browser, "const img = document.getElementById('score-image');"
-                              "return Boolean(img && img.complete && img.naturalWidth > 0);")
+        return query(
+            browser,
+            "const img = document.getElementById('score-image');"
+            "return Boolean(img && img.complete && img.naturalWidth > 0);",
+        )
 
     until(score_shown, 180, "the rendered score of the completed job", interval=0.05)
     score_shown()  # the bar's last value
     assert seen[-1] == 100 and seen == sorted(seen), seen
     assert any(0 < value < 100 for value in seen), f"no live progress between 0 and 100: {seen}"
-    status, text = query(browser, "const row = document.getElementById(arguments[0]);"
-                                  "return [row.dataset.status, row.textContent];", f"job-{job_id}")
+    status, text = query(
+        browser,
+        "const row = document.getElementById(arguments[0]);return [row.dataset.status, row.textContent];",
+        f"job-{job_id}",
+    )
     assert status == "completed" and "100% done" in text
     assert "notes" in browser.find_element(By.ID, "score-facts").text
     timeline = query(browser, "return [...document.querySelectorAll('#timeline tbody tr')].map(r => r.textContent);")
@@ -133,8 +157,11 @@ def test_submit_watch_progress_see_score_and_download(browser, service_url, http
     assert {"download-musicxml", "download-midi", "download-notes"} <= stems
     assert any(name.startswith("download-stem-") for name in stems)
 
-    until(lambda: query(browser, "const d = document.getElementById('q-running'); return d && d.textContent === '0';"),
-          20, "the queue panel to show the finished job")
+    until(
+        lambda: query(browser, "const d = document.getElementById('q-running'); return d && d.textContent === '0';"),
+        20,
+        "the queue panel to show the finished job",
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "status-page.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000

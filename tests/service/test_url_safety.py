@@ -30,14 +30,34 @@ OUTSIDE = "127.0.0.2"  # plays a public host
 OUTSIDE_NETWORKS = networks([f"{OUTSIDE}/32"])
 
 REFUSED = [
-    "127.0.0.1", "127.255.255.254", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.0.1",
+    "127.0.0.1",
+    "127.255.255.254",
+    "10.1.2.3",
+    "172.16.0.1",
+    "172.31.255.255",
+    "192.168.0.1",
     "169.254.169.254",  # cloud metadata
     "100.64.0.1",  # carrier-grade NAT
-    "0.0.0.0", "224.0.0.1", "255.255.255.255", "192.0.2.1", "198.18.0.1", "240.0.0.1",
-    "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "2001:db8::1",
-    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",  # IPv4-mapped
-    "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",  # NAT64 of 127.0.0.1 and 169.254.169.254
-    "2002:7f00:1::1", "2002:a9fe:a9fe::1",  # 6to4 of 127.0.0.1 and 169.254.169.254
+    "0.0.0.0",
+    "224.0.0.1",
+    "255.255.255.255",
+    "192.0.2.1",
+    "198.18.0.1",
+    "240.0.0.1",
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "fd12:3456::1",
+    "ff02::1",
+    "2001:db8::1",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254",  # IPv4-mapped
+    "64:ff9b::7f00:1",
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 127.0.0.1 and 169.254.169.254
+    "2002:7f00:1::1",
+    "2002:a9fe:a9fe::1",  # 6to4 of 127.0.0.1 and 169.254.169.254
     "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
     "fe80::1%eth0",
 ]
@@ -60,14 +80,25 @@ def test_allowed_networks_open_exactly_their_range():
     assert not is_public("10.21.0.1", intranet) and not is_public("127.0.0.1", intranet)
 
 
-@pytest.mark.parametrize("url,reason", [
-    ("file:///etc/passwd", "only http"), ("ftp://example.com/a.mp3", "only http"),
-    ("gopher://127.0.0.1:70/", "only http"), ("javascript:alert(1)", "only http"), ("data:audio/mp3;base64,AA", "only http"),
-    ("http:///a.mp3", "no host"), ("http://localhost/a.mp3", "non-public"), ("http://127.0.0.1:8000/x", "non-public"),
-    ("http://[::1]/a.mp3", "non-public"), ("http://169.254.169.254/latest/meta-data/", "non-public"),
-    ("http://[::ffff:127.0.0.1]/a", "non-public"), ("http://2130706433/a", "non-public"),  # 127.0.0.1 as one integer
-    ("http://0x7f.1/a", "non-public"), ("http://10.0.0.1/a", "non-public"),
-])
+@pytest.mark.parametrize(
+    "url,reason",
+    [
+        ("file:///etc/passwd", "only http"),
+        ("ftp://example.com/a.mp3", "only http"),
+        ("gopher://127.0.0.1:70/", "only http"),
+        ("javascript:alert(1)", "only http"),
+        ("data:audio/mp3;base64,AA", "only http"),
+        ("http:///a.mp3", "no host"),
+        ("http://localhost/a.mp3", "non-public"),
+        ("http://127.0.0.1:8000/x", "non-public"),
+        ("http://[::1]/a.mp3", "non-public"),
+        ("http://169.254.169.254/latest/meta-data/", "non-public"),
+        ("http://[::ffff:127.0.0.1]/a", "non-public"),
+        ("http://2130706433/a", "non-public"),  # 127.0.0.1 as one integer
+        ("http://0x7f.1/a", "non-public"),
+        ("http://10.0.0.1/a", "non-public"),
+    ],
+)
 def test_check_url_refuses(url, reason):
     with pytest.raises(NonRetryableError, match=reason) as refused:
         check_url(url)
@@ -87,7 +118,7 @@ def outside(media_dir, http_server):
     target = http_server.base_url
 
     class Redirect(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's naming)
+        def do_GET(self):
             self.send_response(302)
             self.send_header("Location", target + self.path)
             self.send_header("Content-Length", "0")
@@ -141,22 +172,29 @@ def test_ytdlp_redirect_hop_to_an_internal_address_is_refused(guarded, outside, 
 
 # -- through the service, with the guard on in its workers ---------------------------------------
 
+
 @pytest.fixture(scope="module")
 def guarded_service(serve_port, tmp_path_factory):
     from ray import serve
 
-    deploy(tmp_path_factory.mktemp("ssrf-data"),
-           security={"allow_private_networks": False, "allowed_networks": [f"{OUTSIDE}/32"]},
-           pipeline={"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}, "write_preview": False})
+    deploy(
+        tmp_path_factory.mktemp("ssrf-data"),
+        security={"allow_private_networks": False, "allowed_networks": [f"{OUTSIDE}/32"]},
+        pipeline={"separation": {"model": "none"}, "transcription": {"stems": ["mix"]}, "write_preview": False},
+    )
     with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as client:
         yield client
     serve.delete("rescored")
 
 
-
 def test_service_refuses_internal_urls_with_400(guarded_service, http_server):
-    for url in [http_server.url("chorale.mp3"), "file:///etc/passwd", "http://[::1]:8000/a.mp3",
-                "http://169.254.169.254/latest/meta-data/", "ftp://127.0.0.2/a.mp3"]:
+    for url in [
+        http_server.url("chorale.mp3"),
+        "file:///etc/passwd",
+        "http://[::1]:8000/a.mp3",
+        "http://169.254.169.254/latest/meta-data/",
+        "ftp://127.0.0.2/a.mp3",
+    ]:
         response = guarded_service.post("/api/v1/transcribe", json={"url": url})
         assert response.status_code == 400, (url, response.text)
         message = response.json()["error"]["message"]

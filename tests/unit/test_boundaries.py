@@ -14,30 +14,41 @@ RAY_LAYERS = ("rescored_ray.service", "rescored_ray.batch")
 
 
 def core_modules() -> list[str]:
-    return sorted(m.name for m in pkgutil.walk_packages(rescored_ray.__path__, "rescored_ray.")
-                  if not m.name.startswith(RAY_LAYERS) and not m.name.endswith("__main__"))
+    return sorted(
+        m.name
+        for m in pkgutil.walk_packages(rescored_ray.__path__, "rescored_ray.")
+        if not m.name.startswith(RAY_LAYERS) and not m.name.endswith("__main__")
+    )
 
 
 def modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
-                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
     return set(out.split())
 
 
 def test_importing_the_core_leaves_ray_out():
     modules = core_modules()
-    assert {"rescored_ray.pipeline", "rescored_ray.settings", "rescored_ray.separation", "rescored_ray.cli"} \
-        <= set(modules)
+    assert {"rescored_ray.pipeline", "rescored_ray.settings", "rescored_ray.separation", "rescored_ray.cli"} <= set(
+        modules
+    )
     loaded = modules_after("\n".join(f"import {name}" for name in modules))
     assert set(modules) <= loaded
     assert "ray" not in loaded, "the pipeline core imported Ray"
 
 
 def test_importing_the_sdk_leaves_torch_out():
-    loaded = modules_after("import rescored_ray\n"
-                           "from rescored_ray import Client, AsyncClient, Score, JobFailed, JobCancelled\n"
-                           "from rescored_ray.options import JobOptions\n"
-                           "Client('http://127.0.0.1:9').submit  # the client and its pieces\n")
+    loaded = modules_after(
+        "import rescored_ray\n"
+        "from rescored_ray import Client, AsyncClient, Score, JobFailed, JobCancelled\n"
+        "from rescored_ray.options import JobOptions\n"
+        "Client('http://127.0.0.1:9').submit  # the client and its pieces\n"
+    )
     assert "rescored_ray.client" in loaded
     assert not {"torch", "ray", "demucs", "music21", "onnxruntime"} & loaded
 
@@ -55,9 +66,11 @@ def test_the_base_install_is_the_sdk():
 
 
 def test_python_m_rescored_ray_batch_is_the_batch_command():
-    out = subprocess.run([sys.executable, "-m", "rescored_ray.batch", "--help"], capture_output=True, text=True,
-                         cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "rescored_ray.batch", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert out.returncode == 0 and "--output" in out.stdout and "--resume" in out.stdout
-    wrapper = subprocess.run([sys.executable, "jobs/transcribe_playlist.py", "--help"], capture_output=True,
-                             text=True, cwd=REPO, timeout=120)
+    wrapper = subprocess.run(
+        [sys.executable, "jobs/transcribe_playlist.py", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert wrapper.returncode == 0 and "--output" in wrapper.stdout and "Transcribe whole playlists" in wrapper.stdout

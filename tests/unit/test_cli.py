@@ -11,8 +11,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "rescored_ray.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "rescored_ray.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 def test_transcribe_bundled_example_with_demo_config(tmp_path):
@@ -28,8 +29,19 @@ def test_transcribe_bundled_example_with_demo_config(tmp_path):
 
 
 def test_url_source_and_tempo_override(http_server, tmp_path):
-    proc = run_cli("transcribe", http_server.url("chorale.flac"), "-o", str(tmp_path), "--separation", "none",
-                   "--stems", "mix", "--tempo", "90", "--quiet")
+    proc = run_cli(
+        "transcribe",
+        http_server.url("chorale.flac"),
+        "-o",
+        str(tmp_path),
+        "--separation",
+        "none",
+        "--stems",
+        "mix",
+        "--tempo",
+        "90",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "result.json").read_text())["tempo_bpm"] == 90
 

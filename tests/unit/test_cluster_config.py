@@ -76,7 +76,7 @@ def _index(commands: list[str], pattern: str) -> int:
 
 
 TORCH = r"pip install\b.*\btorch==2\.13\.0\b"
-PROJECT = r"pip install\b.*-e\s+'?/home/ubuntu/rescored-ray\[ray\]"
+PROJECT = r"pip install\b.*-e\s+'?/home/ubuntu/rescored-ray\[pipeline,ray\]"
 RAY_PIN = r"\bray\[[^\]]*\]==2\.60(\.|\b)"
 BASIC_PITCH = r"pip install\b.*--no-deps\b.*\bbasic-pitch==0\.4\.0\b"
 ORT_GPU = r"pip install\b.*\bonnxruntime-gpu\b"
@@ -165,7 +165,12 @@ def test_start_commands(raw):
     worker = " ; ".join(raw["worker_start_ray_commands"])
     assert raw["head_start_ray_commands"][0].strip() == "ray stop"
     assert raw["worker_start_ray_commands"][0].strip() == "ray stop"
-    for flag in ("--head", "--port=6379", "--autoscaling-config=~/ray_bootstrap_config.yaml", "--dashboard-host=0.0.0.0"):
+    for flag in (
+        "--head",
+        "--port=6379",
+        "--autoscaling-config=~/ray_bootstrap_config.yaml",
+        "--dashboard-host=0.0.0.0",
+    ):
         assert flag in head, f"head start command lacks {flag}"
     assert "--address=$RAY_HEAD_IP:6379" in worker
 

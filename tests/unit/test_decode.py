@@ -24,10 +24,12 @@ def test_compressed_formats_decode_to_the_same_music(fmt, chorale, chorale_encod
     assert audio.samples.shape[0] == 2 and audio.sample_rate == SAMPLE_RATE
     assert abs(audio.duration_s - chorale.duration_s) < 0.1
     reference = decode_audio(chorale.path).samples
+
     # Codec delay differs per format: compare loudness envelopes (0.1 s frames), not samples.
     def envelope(x):
         frames = x.mean(axis=0)[: int(len(x[0]) // 4410) * 4410].reshape(-1, 4410)
-        return np.sqrt((frames ** 2).mean(axis=1))
+        return np.sqrt((frames**2).mean(axis=1))
+
     a, b = envelope(audio.samples), envelope(reference)
     n = min(len(a), len(b))
     assert np.corrcoef(a[:n], b[:n])[0, 1] > 0.95
@@ -51,13 +53,16 @@ def test_other_rates_and_layouts_become_stereo_44k(broken_inputs, chorale, name)
     assert np.abs(audio.samples).max() > 0.01
 
 
-@pytest.mark.parametrize("name, words", [
-    ("empty", "empty"),
-    ("random", "not a recognised audio"),
-    ("html", "not a recognised audio"),
-    ("truncated_mp3", "truncated"),
-    ("truncated_wav", "truncated"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("empty", "empty"),
+        ("random", "not a recognised audio"),
+        ("html", "not a recognised audio"),
+        ("truncated_mp3", "truncated"),
+        ("truncated_wav", "truncated"),
+    ],
+)
 def test_broken_files_are_permanent_decode_errors(broken_inputs, name, words):
     with pytest.raises(NonRetryableError, match=words) as info:
         decode_audio(broken_inputs[name])
@@ -66,7 +71,7 @@ def test_broken_files_are_permanent_decode_errors(broken_inputs, name, words):
 
 
 def test_too_long_is_refused_from_the_header(broken_inputs):
-    with pytest.raises(NonRetryableError, match="over the 15.0 min limit"):
+    with pytest.raises(NonRetryableError, match=r"over the 15\.0 min limit"):
         decode_audio(broken_inputs["long"], max_duration_s=900)
 
 

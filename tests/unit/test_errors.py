@@ -46,14 +46,17 @@ def test_the_sdk_maps_codes_not_message_text():
         assert type(service_error(cls.status, cls("m").body())) is cls and cls("m").body()["error"]["code"] == code
 
 
-@pytest.mark.parametrize("error", [
-    RetryableError("blip", stage="download", attempts=3),
-    JobCancelled(job_id="j1"),
-    JobFailed("j2", {"stage": "decode", "retryable": False, "message": "not audio"}),
-    RateLimited("slow down", 12.5, retry_after_seconds=13),
-    NonPublicAddress("refused"),
-    UnexpectedError("boom", stage="notation"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RetryableError("blip", stage="download", attempts=3),
+        JobCancelled(job_id="j1"),
+        JobFailed("j2", {"stage": "decode", "retryable": False, "message": "not audio"}),
+        RateLimited("slow down", 12.5, retry_after_seconds=13),
+        NonPublicAddress("refused"),
+        UnexpectedError("boom", stage="notation"),
+    ],
+)
 def test_attributes_survive_pickling(error):
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error) and copy.__dict__ == error.__dict__ and str(copy) == str(error)

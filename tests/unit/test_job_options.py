@@ -37,8 +37,9 @@ def test_sdk_keywords_are_the_declaration():
 
 
 def test_each_option_sets_its_declared_setting():
-    options = JobOptions.from_cli({"separation": "none", "stems": "other, bass", "tempo_override": 96.0,
-                                   "key_override": "Gm"})
+    options = JobOptions.from_cli(
+        {"separation": "none", "stems": "other, bass", "tempo_override": 96.0, "key_override": "Gm"}
+    )
     applied = options.apply(PipelineConfig())
     for name in OPTIONS:
         section, field = setting_of(name).split(".")

@@ -38,8 +38,14 @@ def test_names_that_could_be_paths_are_refused():
 
 def test_the_shipped_layout_and_the_manifest_columns():
     assert layout.file("musicxml") == "score.musicxml" and layout.file("stems", "bass") == "stems/bass.flac"
-    assert OUTPUT_COLUMNS == {"musicxml": "musicxml", "midi": "midi", "notes": "notes", "preview": "preview",
-                              "stems": "stem_files", "result": "result"}
+    assert OUTPUT_COLUMNS == {
+        "musicxml": "musicxml",
+        "midi": "midi",
+        "notes": "notes",
+        "preview": "preview",
+        "stems": "stem_files",
+        "result": "result",
+    }
     assert set(OUTPUT_COLUMNS.values()) <= set(SCHEMA.names)
 
 
@@ -52,8 +58,15 @@ def test_a_new_output_is_one_row(monkeypatch, tmp_path):
     assert layout.resolve("pages", "2") == (PAGES, "pages/page-2.svg")
     assert layout.files_of("pages", outputs) == {"1": "pages/page-1.svg", "2": "pages/page-2.svg"}
 
-    job = JobRecord(job_id="j1", source="s", dedup_key="k", options={}, priority="default",
-                    status=JobStatus.COMPLETED, result={"outputs": outputs})
+    job = JobRecord(
+        job_id="j1",
+        source="s",
+        dedup_key="k",
+        options={},
+        priority="default",
+        status=JobStatus.COMPLETED,
+        result={"outputs": outputs},
+    )
     listed = {(f["kind"], f["name"], f["url"]) for f in _files(job, "http://h")}
     assert ("pages", "2", "http://h/api/v1/scores/j1/pages/2") in listed
     assert ("musicxml", None, "http://h/api/v1/scores/j1") in listed

@@ -29,10 +29,7 @@ YDL_BASE = {"ignoreconfig": True, "quiet": True, "no_warnings": True, "noprogres
 def _midi_note_count(path: Path) -> int:
     """Independent of pretty_midi: count note-ons (velocity > 0) off channel 10."""
     mid = mido.MidiFile(str(path))
-    return sum(
-        1 for tr in mid.tracks for m in tr
-        if m.type == "note_on" and m.velocity > 0 and m.channel != 9
-    )
+    return sum(1 for tr in mid.tracks for m in tr if m.type == "note_on" and m.velocity > 0 and m.channel != 9)
 
 
 def _rms(x: np.ndarray) -> float:
@@ -74,7 +71,7 @@ def test_chorale_ground_truth(chorale):
     assert chorale.n_notes == _midi_note_count(chorale.midi_path) == 154
     assert np.all(iv[:, 1] > iv[:, 0])
     assert np.all(np.diff(iv[:, 0]) >= 0), "sorted by onset"
-    assert 36 <= p.min() and p.max() <= 84
+    assert p.min() >= 36 and p.max() <= 84
     assert set(chorale.programs) == {"Soprano", "Alto", "Tenor", "Bass"}
     assert set(chorale.programs.values()) == {0}
     # the whole score is there: starts at the lead-in, ends tail_s before the file ends
@@ -106,10 +103,10 @@ def test_chorale_audio_matches_truth(chorale):
     assert audible[0] / sr == pytest.approx(chorale.first_onset_s, abs=0.03)
     # sound continues to the last note-off, then decays in the tail
     last = chorale.last_offset_s
-    assert _rms(y[int((last - 0.5) * sr): int(last * sr)]) > 0.01
-    assert _rms(y[-int(0.02 * sr):]) < _rms(y[int((last - 0.5) * sr): int(last * sr)]) / 10
+    assert _rms(y[int((last - 0.5) * sr) : int(last * sr)]) > 0.01
+    assert _rms(y[-int(0.02 * sr) :]) < _rms(y[int((last - 0.5) * sr) : int(last * sr)]) / 10
     # loudness follows the note density: the busiest second is louder than the tail
-    assert _rms(y[int(last * sr):]) < _rms(y)
+    assert _rms(y[int(last * sr) :]) < _rms(y)
 
 
 def test_render_is_deterministic_and_truncates(tmp_path):
@@ -262,8 +259,14 @@ def test_broken_inputs(broken_inputs, chorale, media_dir):
 # HTTP server
 # ---------------------------------------------------------------------------
 
-CTYPES = {"mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg", "opus": "audio/ogg",
-          "m4a": "audio/mp4", "webm": "audio/webm"}
+CTYPES = {
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "opus": "audio/ogg",
+    "m4a": "audio/mp4",
+    "webm": "audio/webm",
+}
 
 
 @pytest.mark.parametrize("fmt", sorted(CTYPES))
@@ -332,7 +335,7 @@ def test_rss_feed_is_a_playlist(rss_feed, rss_feed_info):
     items = rss_feed_info.items
     assert len(entries) == len(items) == 5
     assert [e["title"] for e in entries] == [it.title for it in items]
-    for e, it in zip(entries, items):
+    for e, it in zip(entries, items, strict=False):
         url, data = unsmuggle_url(e["url"])
         assert url == it.url and data == {"force_videoid": it.guid}
         assert e["_type"] == "url_transparent"

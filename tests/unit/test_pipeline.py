@@ -1,6 +1,7 @@
 """The whole pipeline, end to end, on real rendered music served over loopback HTTP."""
 
 import json
+from typing import Any
 
 import mir_eval
 import music21
@@ -18,8 +19,11 @@ from tests.scoring import F1_FLOOR, onset_f1
 
 
 def config(tmp_path, **sections) -> PipelineConfig:
-    data = {"source": {"temp_dir": str(tmp_path / "tmp")}, "separation": {"model": "none"},
-            "transcription": {"stems": ["mix"]}}
+    data: dict[str, Any] = {
+        "source": {"temp_dir": str(tmp_path / "tmp")},
+        "separation": {"model": "none"},
+        "transcription": {"stems": ["mix"]},
+    }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values) if isinstance(values, dict) else data.__setitem__(name, values)
     return PipelineConfig.model_validate(data)
@@ -35,16 +39,16 @@ def score_notes_in_seconds(path, time_offset_s: float):
     (chords carry a tie on each of their notes)."""
     score = music21.converter.parse(str(path))
     marks = list(score.recurse().getElementsByClass(music21.tempo.MetronomeMark))
-    seconds_per_quarter = 60.0 / marks[0].getQuarterBPM()
+    seconds_per_quarter = 60.0 / float(marks[0].getQuarterBPM() or 0.0)
     notes = []
     for staff in score.parts:
         sounding: dict[int, list[float]] = {}
         for element in staff.flatten().notes:
             start = float(element.offset)
             end = start + float(element.duration.quarterLength)
-            for member in (element.notes if element.isChord else [element]):
+            for member in element.notes if element.isChord else [element]:
                 midi = member.pitch.midi
-                tie = (member.tie or element.tie)
+                tie = member.tie or element.tie
                 held = sounding.get(midi)
                 if tie is not None and tie.type in ("stop", "continue") and held and abs(held[1] - start) < 1e-6:
                     held[1] = end
@@ -53,8 +57,9 @@ def score_notes_in_seconds(path, time_offset_s: float):
                     notes.append((held[0], held[1], midi))
                 sounding[midi] = [start, end]
         notes.extend((a, b, midi) for midi, (a, b) in sounding.items())
-    intervals = np.array([[a * seconds_per_quarter + time_offset_s, b * seconds_per_quarter + time_offset_s]
-                          for a, b, _ in notes])
+    intervals = np.array(
+        [[a * seconds_per_quarter + time_offset_s, b * seconds_per_quarter + time_offset_s] for a, b, _ in notes]
+    )
     return intervals, np.array([m for _, _, m in notes])
 
 
@@ -62,7 +67,8 @@ def test_url_to_score_end_to_end_with_progress_and_quality(http_server, chorale,
     cfg = config(tmp_path, notation={"tempo_override": chorale.tempo_bpm})
     events = []
     result = Pipeline(cfg, transcriber=transcriber).run(
-        http_server.url("chorale.mp3"), tmp_path / "out", progress=lambda *e: events.append(e), job_id="job-1")
+        http_server.url("chorale.mp3"), tmp_path / "out", progress=lambda *e: events.append(e), job_id="job-1"
+    )
 
     # Progress: starts at 5 % in download, grows monotonically, stays inside each stage's band.
     assert events[0][:2] == (5, "download") and events[-1] == (100, "musicxml", "Transcription complete")
@@ -89,22 +95,29 @@ def test_url_to_score_end_to_end_with_progress_and_quality(http_server, chorale,
     assert set(record["timings"]) >= {"download", "decode", "transcription", "notation"}
     assert record["tempo_bpm"] == chorale.tempo_bpm
     assert not list((tmp_path / "tmp").iterdir()), "temp files outlived the job"
-    assert not [p for p in out.rglob("*.partial")]
+    assert not list(out.rglob("*.partial"))
 
     # Quality: transcription F1 above the floor, and the written score keeps it within 0.05.
     f1_notes = onset_f1(chorale, result.notes)
     intervals, pitches = score_notes_in_seconds(out / "score.musicxml", result.time_offset_s)
     _, _, f1_score, _ = mir_eval.transcription.precision_recall_f1_overlap(
-        chorale.intervals, mir_eval.util.midi_to_hz(chorale.pitches),
-        intervals, mir_eval.util.midi_to_hz(pitches), offset_ratio=None)
+        chorale.intervals,
+        mir_eval.util.midi_to_hz(chorale.pitches),
+        intervals,
+        mir_eval.util.midi_to_hz(pitches),
+        offset_ratio=None,
+    )
     print(f"chorale onset F1: notes {f1_notes:.3f}, MusicXML read back {f1_score:.3f}; timings {result.timings}")
     assert f1_notes >= F1_FLOOR
     assert f1_score >= f1_notes - 0.05
 
 
 def test_separated_song_writes_stems_and_one_part_per_stem(band_mix, transcriber, tmp_path):
-    cfg = config(tmp_path, separation={"model": "demucs_unittest", "device": "cpu"},
-                 transcription={"stems": ["other", "bass", "vocals"]})
+    cfg = config(
+        tmp_path,
+        separation={"model": "demucs_unittest", "device": "cpu"},
+        transcription={"stems": ["other", "bass", "vocals"]},
+    )
     result = Pipeline(cfg, transcriber=transcriber).run(str(band_mix.path), tmp_path / "out")
     assert result.stems == ["bass", "drums", "other", "vocals"]
     for name in result.stems:
@@ -117,21 +130,26 @@ def test_separated_song_writes_stems_and_one_part_per_stem(band_mix, transcriber
     assert not list((tmp_path / "tmp").iterdir())
 
 
-@pytest.mark.parametrize("path, error, stage, words", [
-    ("page.html", NonRetryableError, "download", "no media found"),
-    ("missing.mp3", NonRetryableError, "download", "does not exist"),
-    ("status/503/song.mp3", RetryableError, "download", "will retry"),
-    ("empty.mp3", NonRetryableError, "download", "empty file"),
-    ("random.mp3", NonRetryableError, "decode", "not a recognised audio"),
-    ("truncated.mp3", NonRetryableError, "decode", "truncated"),
-    ("long.mp3", NonRetryableError, "decode", "over the 15.0 min limit"),
-])
-def test_bad_inputs_fail_clearly_and_leave_nothing(http_server, broken_inputs, transcriber, tmp_path,
-                                                   path, error, stage, words):
+@pytest.mark.parametrize(
+    "path, error, stage, words",
+    [
+        ("page.html", NonRetryableError, "download", "no media found"),
+        ("missing.mp3", NonRetryableError, "download", "does not exist"),
+        ("status/503/song.mp3", RetryableError, "download", "will retry"),
+        ("empty.mp3", NonRetryableError, "download", "empty file"),
+        ("random.mp3", NonRetryableError, "decode", "not a recognised audio"),
+        ("truncated.mp3", NonRetryableError, "decode", "truncated"),
+        ("long.mp3", NonRetryableError, "decode", "over the 15.0 min limit"),
+    ],
+)
+def test_bad_inputs_fail_clearly_and_leave_nothing(
+    http_server, broken_inputs, transcriber, tmp_path, path, error, stage, words
+):
     events = []
     with pytest.raises(error, match=words) as info:
         Pipeline(config(tmp_path), transcriber=transcriber).run(
-            http_server.url(path), tmp_path / "out", progress=lambda *e: events.append(e))
+            http_server.url(path), tmp_path / "out", progress=lambda *e: events.append(e)
+        )
     assert info.value.stage == stage and info.value.retryable is (error is RetryableError)
     assert not list((tmp_path / "tmp").iterdir()), "temp files outlived the failed job"
     assert not (tmp_path / "out" / "score.musicxml").exists()
@@ -156,22 +174,23 @@ def test_checkpoint_errors_stop_the_job_unchanged(chorale, transcriber, tmp_path
             raise TimeLimitExceeded("soft time limit", stage="transcription", retryable=True)
 
     with pytest.raises(TimeLimitExceeded):
-        Pipeline(config(tmp_path), transcriber=transcriber).run(str(chorale.path), tmp_path / "out",
-                                                                checkpoint=checkpoint)
+        Pipeline(config(tmp_path), transcriber=transcriber).run(
+            str(chorale.path), tmp_path / "out", checkpoint=checkpoint
+        )
     assert not list((tmp_path / "tmp").iterdir())
 
 
-def test_progress_bands_are_the_celery_designs():
+def test_progress_bands_are_the_job_designs():  # docs/architecture.md
     assert BANDS["download"][0] == 5 and BANDS["decode"][1] == 20
     assert BANDS["separation"] == (20, 50) and BANDS["transcription"] == (50, 90) and BANDS["musicxml"] == (90, 100)
 
 
-def test_stem_choice_that_yields_nothing_is_a_permanent_error_and_mix_skips_separation(chorale, transcriber,
-                                                                                      tmp_path):
+def test_stem_choice_that_yields_nothing_is_a_permanent_error_and_mix_skips_separation(chorale, transcriber, tmp_path):
     separated = {"separation": {"model": "demucs_unittest"}}
     with pytest.raises(NonRetryableError, match="none of the requested stems") as info:
-        Pipeline(config(tmp_path, transcription={"stems": ["piano"]}, **separated),
-                 transcriber=transcriber).run(str(chorale.path), tmp_path / "out")
+        Pipeline(config(tmp_path, transcription={"stems": ["piano"]}, **separated), transcriber=transcriber).run(
+            str(chorale.path), tmp_path / "out"
+        )
     assert info.value.stage == "transcription"
     # asking for the mix needs no separation: the model is not even loaded
     pipeline = Pipeline(config(tmp_path, **separated), transcriber=transcriber)

@@ -104,8 +104,12 @@ def test_offline_hub_error_names_the_cache_and_the_fix(tmp_path):
         "from rescored_ray.separation import load_demucs, ModelLoadError\n"
         "try:\n    load_demucs('htdemucs')\nexcept ModelLoadError as e:\n    print(e.message)\n"
     )
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"),
-           "PATH": "/usr/bin:/bin"}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "PATH": "/usr/bin:/bin",
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "could not be loaded" in out.stdout, out.stderr[-2000:]
     assert "Hugging Face cache" in out.stdout and "HF_HUB_OFFLINE is set" in out.stdout
@@ -125,16 +129,23 @@ def test_batched_chunks_equal_stock_demucs(model_name):
 
     if model_name == "small_htdemucs":
         with _seeded(0):
-            model = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=8, depth=4, t_layers=1,
-                             samplerate=44100, segment=Fraction(39, 5)).eval()
+            model = HTDemucs(
+                sources=["drums", "bass", "other", "vocals"],
+                channels=8,
+                depth=4,
+                t_layers=1,
+                samplerate=44100,
+                segment=Fraction(39, 5),
+            ).eval()
     else:
         model = load_demucs("demucs_unittest")
     rng = np.random.default_rng(0)
     audio = Audio((0.1 * rng.standard_normal((2, 44100 * 20))).astype(np.float32))
     stock = Separator(SeparationConfig(model="demucs_unittest", device="cpu"), model=model).separate(audio)
     fractions = []
-    batched = Separator(SeparationConfig(model="demucs_unittest", device="cpu", batch_chunks=3),
-                        model=model).separate(audio, progress=fractions.append)
+    batched = Separator(SeparationConfig(model="demucs_unittest", device="cpu", batch_chunks=3), model=model).separate(
+        audio, progress=fractions.append
+    )
     for name in stock:
         reference = stock[name].samples
         error = np.linalg.norm(batched[name].samples - reference) / max(np.linalg.norm(reference), 1e-12)

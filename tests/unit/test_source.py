@@ -12,19 +12,22 @@ VIDEO = "dQw4w9WgXcQ"
 CANONICAL = f"https://www.youtube.com/watch?v={VIDEO}"
 
 
-@pytest.mark.parametrize("url", [
-    f"https://www.youtube.com/watch?v={VIDEO}",
-    f"http://youtube.com/watch?v={VIDEO}&t=42s&feature=share",
-    f"https://m.youtube.com/watch?feature=youtu.be&v={VIDEO}",
-    f"https://music.youtube.com/watch?v={VIDEO}&list=RDAMVM{VIDEO}",
-    f"https://youtu.be/{VIDEO}",
-    f"https://youtu.be/{VIDEO}?si=Xyz123&t=10",
-    f"https://www.youtube.com/shorts/{VIDEO}",
-    f"https://www.youtube.com/embed/{VIDEO}?start=5",
-    f"https://www.youtube-nocookie.com/embed/{VIDEO}",
-    f"https://www.youtube.com/live/{VIDEO}?feature=share",
-    f"  https://www.youtube.com/v/{VIDEO}  ",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://www.youtube.com/watch?v={VIDEO}",
+        f"http://youtube.com/watch?v={VIDEO}&t=42s&feature=share",
+        f"https://m.youtube.com/watch?feature=youtu.be&v={VIDEO}",
+        f"https://music.youtube.com/watch?v={VIDEO}&list=RDAMVM{VIDEO}",
+        f"https://youtu.be/{VIDEO}",
+        f"https://youtu.be/{VIDEO}?si=Xyz123&t=10",
+        f"https://www.youtube.com/shorts/{VIDEO}",
+        f"https://www.youtube.com/embed/{VIDEO}?start=5",
+        f"https://www.youtube-nocookie.com/embed/{VIDEO}",
+        f"https://www.youtube.com/live/{VIDEO}?feature=share",
+        f"  https://www.youtube.com/v/{VIDEO}  ",
+    ],
+)
 def test_every_youtube_form_normalises_to_one_watch_url(url):
     source = parse_source(url)
     assert (source.kind, source.location, source.id) == ("youtube", CANONICAL, VIDEO)
@@ -42,19 +45,22 @@ def test_youtube_playlist_and_other_urls_and_local_files(tmp_path):
     assert local.kind == "local" and Path(local.location) == audio.resolve()
 
 
-@pytest.mark.parametrize("bad, words", [
-    ("", "empty"),
-    ("   ", "empty"),
-    ("ftp://example.org/a.mp3", "only http(s)"),
-    ("file:///etc/passwd", "only http(s)"),
-    ("javascript:alert(1)", "only http(s)"),
-    ("https://youtu.be/short", "not a valid YouTube video id"),
-    ("https://www.youtube.com/watch?v=", "not a valid YouTube video id"),
-    ("https://www.youtube.com/playlist", "list= id"),
-    ("no/such/file.mp3", "neither an http(s) URL nor an existing local file"),
-    ("http://", "no host"),
-    ("https://example.org/" + "a" * 5000, "longer than"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("ftp://example.org/a.mp3", "only http(s)"),
+        ("file:///etc/passwd", "only http(s)"),
+        ("javascript:alert(1)", "only http(s)"),
+        ("https://youtu.be/short", "not a valid YouTube video id"),
+        ("https://www.youtube.com/watch?v=", "not a valid YouTube video id"),
+        ("https://www.youtube.com/playlist", "list= id"),
+        ("no/such/file.mp3", "neither an http(s) URL nor an existing local file"),
+        ("http://", "no host"),
+        ("https://example.org/" + "a" * 5000, "longer than"),
+    ],
+)
 def test_invalid_sources_are_permanent_errors_that_say_why(bad, words):
     with pytest.raises(NonRetryableError, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
         parse_source(bad)
@@ -68,17 +74,28 @@ def test_local_files_can_be_refused_by_config(tmp_path):
         parse_source(str(audio), SourceConfig(allow_local_files=False))
 
 
-@pytest.mark.parametrize("message, retryable, words", [
-    ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", False, "private"),
-    ("ERROR: [youtube] abc: Sign in to confirm your age. This video may be inappropriate for some users.", False, "age-restricted"),
-    ("ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader", False, "removed"),
-    ("ERROR: Unsupported URL: https://example.org/", False, "no media"),
-    ("ERROR: [generic] x: Unable to download webpage: HTTP Error 404: Not Found", False, "does not exist"),
-    ("ERROR: [youtube] abc: Requested format is not available", False, "no audio"),
-    ("ERROR: [generic] x: Unable to download webpage: HTTP Error 503: Service Unavailable", True, "will retry"),
-    ("ERROR: [generic] x: Unable to download webpage: <urlopen error [Errno 111] Connection refused>", True, "will retry"),
-    ("ERROR: unable to download video data: The read operation timed out", True, "will retry"),
-])
+@pytest.mark.parametrize(
+    "message, retryable, words",
+    [
+        ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", False, "private"),
+        (
+            "ERROR: [youtube] abc: Sign in to confirm your age. This video may be inappropriate for some users.",
+            False,
+            "age-restricted",
+        ),
+        ("ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader", False, "removed"),
+        ("ERROR: Unsupported URL: https://example.org/", False, "no media"),
+        ("ERROR: [generic] x: Unable to download webpage: HTTP Error 404: Not Found", False, "does not exist"),
+        ("ERROR: [youtube] abc: Requested format is not available", False, "no audio"),
+        ("ERROR: [generic] x: Unable to download webpage: HTTP Error 503: Service Unavailable", True, "will retry"),
+        (
+            "ERROR: [generic] x: Unable to download webpage: <urlopen error [Errno 111] Connection refused>",
+            True,
+            "will retry",
+        ),
+        ("ERROR: unable to download video data: The read operation timed out", True, "will retry"),
+    ],
+)
 def test_ytdlp_errors_are_classified(message, retryable, words):
     error = classify_ytdlp_error(message)
     assert error.retryable is retryable
@@ -86,13 +103,16 @@ def test_ytdlp_errors_are_classified(message, retryable, words):
     assert words in error.message and error.stage == "download"
 
 
-@pytest.mark.parametrize("info, words", [
-    ({"_type": "playlist", "entries": [{}, {}]}, "playlist"),
-    ({"duration": 16 * 60}, "over the 15.0 min limit"),
-    ({"duration": 30, "age_limit": 18}, "age-restricted"),
-    ({"duration": 30, "availability": "private"}, "not publicly available"),
-    ({"duration": 30, "live_status": "is_live"}, "live streams"),
-])
+@pytest.mark.parametrize(
+    "info, words",
+    [
+        ({"_type": "playlist", "entries": [{}, {}]}, "playlist"),
+        ({"duration": 16 * 60}, "over the 15.0 min limit"),
+        ({"duration": 30, "age_limit": 18}, "age-restricted"),
+        ({"duration": 30, "availability": "private"}, "not publicly available"),
+        ({"duration": 30, "live_status": "is_live"}, "live streams"),
+    ],
+)
 def test_probe_refuses_before_downloading(info, words):
     with pytest.raises(NonRetryableError, match=words):
         check_info(info, SourceConfig())
@@ -100,6 +120,7 @@ def test_probe_refuses_before_downloading(info, words):
 
 
 # -- real yt-dlp against the loopback server ------------------------------------------------------
+
 
 def test_direct_media_url_downloads_into_the_job_dir(http_server, chorale_encoded, tmp_path):
     seen = []
@@ -110,11 +131,14 @@ def test_direct_media_url_downloads_into_the_job_dir(http_server, chorale_encode
     assert seen and seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
 
 
-@pytest.mark.parametrize("path, error, words", [
-    ("page.html", NonRetryableError, "no media found"),
-    ("nothing-here.mp3", NonRetryableError, "does not exist"),
-    ("status/503/song.mp3", RetryableError, "will retry"),
-])
+@pytest.mark.parametrize(
+    "path, error, words",
+    [
+        ("page.html", NonRetryableError, "no media found"),
+        ("nothing-here.mp3", NonRetryableError, "does not exist"),
+        ("status/503/song.mp3", RetryableError, "will retry"),
+    ],
+)
 def test_http_failures_are_classified(http_server, tmp_path, path, error, words):
     with pytest.raises(error, match=words):
         fetch(http_server.url(path), tmp_path)

@@ -8,8 +8,9 @@ import pytest
 from rescored_ray.config import TranscriptionConfig
 from rescored_ray.decode import decode_audio
 from rescored_ray.transcription import Transcriber
-from tests.scoring import F1_FLOOR, onset_f1
 from rescored_ray.types import Audio
+from tests.scoring import F1_FLOOR, onset_f1
+
 
 @pytest.fixture(scope="module")
 def transcriber():
@@ -19,7 +20,9 @@ def transcriber():
 def test_chorale_transcribes_with_onset_f1_above_floor(transcriber, chorale):
     notes = transcriber.transcribe(decode_audio(chorale.path), stem="mix")
     f1 = onset_f1(chorale, notes)
-    logging.getLogger(__name__).warning("chorale onset F1 = %.3f (%d notes vs %d true)", f1, len(notes), chorale.n_notes)
+    logging.getLogger(__name__).warning(
+        "chorale onset F1 = %.3f (%d notes vs %d true)", f1, len(notes), chorale.n_notes
+    )
     assert f1 >= F1_FLOOR
     assert all(n.stem == "mix" and 1 <= n.velocity <= 127 and n.end_s > n.start_s for n in notes)
 
@@ -35,8 +38,9 @@ def test_matches_stock_basic_pitch_predict_exactly(transcriber, chorale):
     stock_model = Model(ICASSP_2022_MODEL_PATH.with_name("nmp.onnx"))
     _, _, events = predict(str(chorale.path), stock_model)
     stock = sorted((round(float(s), 6), round(float(e), 6), int(p)) for s, e, p, _, _ in events)
-    ours = sorted((round(n.start_s, 6), round(n.end_s, 6), n.pitch)
-                  for n in transcriber.transcribe(decode_audio(chorale.path)))
+    ours = sorted(
+        (round(n.start_s, 6), round(n.end_s, 6), n.pitch) for n in transcriber.transcribe(decode_audio(chorale.path))
+    )
     assert ours == stock and len(ours) > 50
 
 
@@ -58,7 +62,8 @@ def test_stems_are_transcribed_and_tagged_drums_skipped(transcriber, chorale):
     result = transcriber.transcribe_stems(
         {"other": audio, "bass": audio, "drums": audio, "vocals": quiet},
         ["other", "bass", "drums", "vocals"],
-        progress=lambda f, name: seen.append((round(f, 2), name)))
+        progress=lambda f, name: seen.append((round(f, 2), name)),
+    )
     assert list(result) == ["other", "bass", "vocals"]
     assert all(n.stem == "other" for n in result["other"]) and result["other"]
     assert result["vocals"] == []  # silence gives no notes
