@@ -1,5 +1,5 @@
 """Unit tests of the monitoring logic: timelines, the log context, metric specs, the Grafana
-dashboard and README kept in step with the metrics that exist. (The real export through
+dashboard and docs/operations.md kept in step with the metrics that exist. (The real export through
 Ray's metrics agent, the replica logs and the browser page are in test_monitoring.py and
 test_status_page.py.)"""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # -- timeline -----------------------------------------------------------------------------------
 
+
 def test_timeline_spans_totals_and_listeners():
     heard = []
     timeline = Timeline([lambda span: heard.append((span.stage, span.ok, logs.current().get(logs.STAGE_FIELD)))])
     with timeline.stage("download"):
         pass
-    with pytest.raises(ValueError):
-        with timeline.stage("decode"):
-            raise ValueError("boom")
+    with pytest.raises(ValueError), timeline.stage("decode"):
+        raise ValueError("boom")
     with timeline.stage("download"):  # a stage retried in place adds up
         pass
     assert [s.stage for s in timeline.spans] == ["download", "decode", "download"]
@@ -58,7 +59,7 @@ def test_a_failing_listener_never_fails_the_stage():
 
 def test_ran_on_puts_a_remote_models_identity_over_ours():
     class Remote:
-        ran_on = [{"actor": "SERVE_REPLICA::rescored#Separator#x", "pid": 1, "device": "cuda:0"}]
+        ran_on: typing.ClassVar = [{"actor": "SERVE_REPLICA::rescored#Separator#x", "pid": 1, "device": "cuda:0"}]
 
     class Local:
         pass
@@ -69,6 +70,7 @@ def test_ran_on_puts_a_remote_models_identity_over_ours():
 
 
 # -- log context --------------------------------------------------------------------------------
+
 
 def test_log_records_carry_the_job_and_stage_only_inside_a_job(caplog):
     logs.install()
@@ -82,10 +84,17 @@ def test_log_records_carry_the_job_and_stage_only_inside_a_job(caplog):
                 logger.info("in stage")
             logger.info("after stage")
         logger.info("outside again")
-    fields = [(r.getMessage(), getattr(r, logs.JOB_ID_FIELD, None), getattr(r, logs.STAGE_FIELD, None))
-              for r in caplog.records]
-    assert fields == [("outside", None, None), ("in job", "job-1", None), ("in stage", "job-1", "separation"),
-                      ("after stage", "job-1", None), ("outside again", None, None)]
+    fields = [
+        (r.getMessage(), getattr(r, logs.JOB_ID_FIELD, None), getattr(r, logs.STAGE_FIELD, None))
+        for r in caplog.records
+    ]
+    assert fields == [
+        ("outside", None, None),
+        ("in job", "job-1", None),
+        ("in stage", "job-1", "separation"),
+        ("after stage", "job-1", None),
+        ("outside again", None, None),
+    ]
 
 
 def test_an_unexpected_error_logs_its_traceback_exactly_once(caplog, chorale_encoded):
@@ -96,9 +105,8 @@ def test_an_unexpected_error_logs_its_traceback_exactly_once(caplog, chorale_enc
     config = PipelineConfig.model_validate({"separation": {"model": "none"}, "write_preview": False})
     pipeline = Pipeline(config, transcriber=BrokenTranscriber())
     logs.install()
-    with caplog.at_level(logging.DEBUG), logs.job_context("job-2"):
-        with pytest.raises(PipelineError) as raised:
-            pipeline.run(str(chorale_encoded["flac"]), "/nonexistent-never-written")
+    with caplog.at_level(logging.DEBUG), logs.job_context("job-2"), pytest.raises(PipelineError) as raised:
+        pipeline.run(str(chorale_encoded["flac"]), "/nonexistent-never-written")
     assert raised.value.stage == "transcription" and raised.value.retryable
     with_traceback = [r for r in caplog.records if r.exc_info]
     assert len(with_traceback) == 1
@@ -108,26 +116,39 @@ def test_an_unexpected_error_logs_its_traceback_exactly_once(caplog, chorale_enc
 
 # -- job timeline as the API shows it -----------------------------------------------------------
 
+
 def test_job_timeline_shows_queue_time_each_attempt_and_the_running_stage():
     spans_1 = [{"stage": "download", "started_at": 11.0, "ended_at": 12.0, "ok": False, "workers": [{"pid": 7}]}]
-    job = JobRecord(job_id="j", source="s", dedup_key="k", options={}, priority="high", status=JobStatus.RUNNING,
-                    created_at=10.0, current_stage="separation",
-                    attempts=[Attempt(1, "worker-a", 11.0, 12.0, "retrying", timeline=spans_1),
-                              Attempt(2, "worker-b", 14.0)])
+    job = JobRecord(
+        job_id="j",
+        source="s",
+        dedup_key="k",
+        options={},
+        priority="high",
+        status=JobStatus.RUNNING,
+        created_at=10.0,
+        current_stage="separation",
+        attempts=[Attempt(1, "worker-a", 11.0, 12.0, "retrying", timeline=spans_1), Attempt(2, "worker-b", 14.0)],
+    )
     spans = job_timeline(job)
     assert [(s["stage"], s["attempt"], s["seconds"], s["ok"]) for s in spans] == [
-        ("queued", 1, 1.0, True), ("download", 1, 1.0, False), ("queued", 2, 2.0, True),
-        ("separation", 2, None, None)]
+        ("queued", 1, 1.0, True),
+        ("download", 1, 1.0, False),
+        ("queued", 2, 2.0, True),
+        ("separation", 2, None, None),
+    ]
     assert spans[-1]["workers"] == [{"worker_id": "worker-b"}] and spans[-1]["ended_at"] is None
 
 
 def test_a_queued_job_shows_its_open_wait():
-    job = JobRecord(job_id="j", source="s", dedup_key="k", options={}, priority="default",
-                    status=JobStatus.QUEUED, created_at=10.0)
+    job = JobRecord(
+        job_id="j", source="s", dedup_key="k", options={}, priority="default", status=JobStatus.QUEUED, created_at=10.0
+    )
     assert [(s["stage"], s["attempt"], s["ended_at"]) for s in job_timeline(job)] == [("queued", 1, None)]
 
 
 # -- metric specs, dashboard and docs -----------------------------------------------------------
+
 
 def test_metric_tags_are_checked():
     with pytest.raises(ValueError, match="takes tags"):
@@ -156,7 +177,7 @@ def test_grafana_dashboard_is_valid_promql_and_plots_every_metric():
     assert plotted == set(metrics.METRICS), f"not plotted: {set(metrics.METRICS) - plotted}"
 
 
-def test_readme_lists_every_metric():
-    readme = (ROOT / "README.md").read_text()
-    missing = [name for name in metrics.METRICS if name not in readme]
-    assert not missing, f"README does not mention {missing}"
+def test_operations_doc_lists_every_metric():
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    missing = [name for name in metrics.METRICS if name not in doc]
+    assert not missing, f"docs/operations.md does not mention {missing}"
