@@ -61,6 +61,18 @@ def job_option_flags(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+def config_option(example: str) -> Any:
+    """``--config``/``-c``: a settings file (:mod:`rescored_ray.settings`), the same for every command."""
+    return typer.Option(
+        None,
+        "--config",
+        "-c",
+        exists=True,
+        dir_okay=False,
+        help=f"Settings file ({example}); built-in defaults if omitted.",
+    )
+
+
 def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Any:
     """The settings, or one line and exit 2 (a bad file, value or variable)."""
     from rescored_ray.settings import load_settings
@@ -86,9 +98,7 @@ def transcribe(
     output: Path = typer.Option(
         ..., "--output", "-o", help="Folder for score.musicxml, score.mid, stems/, result.json."
     ),
-    config: Path | None = typer.Option(
-        None, "--config", "-c", exists=True, dir_okay=False, help="Settings file (configs/pipeline.yaml)."
-    ),
+    config: Path | None = config_option("configs/pipeline.yaml"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; print only the result path."),
     *,
     options: JobOptions,
@@ -164,14 +174,7 @@ def expand(url: str = typer.Argument(..., help="Playlist URL (YouTube playlist, 
 def batch(
     sources: list[str] = typer.Argument(..., help="Playlist URLs, URLs, files of URLs (.txt/.csv/.parquet), folders."),
     output: str = typer.Option(..., "--output", "-o", help="Output folder or URI (s3://..., gs://...)."),
-    config: Path | None = typer.Option(
-        None,
-        "--config",
-        "-c",
-        exists=True,
-        dir_okay=False,
-        help="Settings file (configs/batch.yaml); built-in defaults if omitted.",
-    ),
+    config: Path | None = config_option("configs/batch.yaml"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip entries already completed in the output."),
     address: str | None = typer.Option(
         None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray started for this run)."
@@ -281,14 +284,7 @@ def download(
 
 @app.command()
 def serve(
-    config: Path | None = typer.Option(
-        None,
-        "--config",
-        "-c",
-        exists=True,
-        dir_okay=False,
-        help="Serve config file (configs/serve.yaml); built-in defaults if omitted.",
-    ),
+    config: Path | None = config_option("configs/serve.yaml, a Serve config file"),
     host: str | None = typer.Option(None, "--host", help="Default: http_options.host, else 127.0.0.1."),
     port: int | None = typer.Option(None, "--port", help="Default: http_options.port, else 8000."),
 ) -> None:

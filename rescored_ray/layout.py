@@ -18,7 +18,7 @@ No third-party imports: the SDK uses this module too.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 NAME = "{name}"
@@ -72,6 +72,12 @@ LAYOUT: tuple[Output, ...] = (
     Output("stems", "stems/{name}.flac", "audio/flac", "stems/{name}", "{job_id}-{name}.flac"),
     Output("result", "result.json", "application/json", None, "{job_id}.json"),
 )
+
+
+def listed(outputs: Iterable[str] | Mapping[str, str] | None) -> list[str]:
+    """A job's ``outputs`` as the list of its files; a job recorded by release 0.1 mapped each
+    file name to its store key, and its files are served too."""
+    return sorted(outputs or [])
 
 
 def output(kind: str) -> Output:

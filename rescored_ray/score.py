@@ -49,7 +49,7 @@ class Score:
         """The files of a job's ``outputs`` that the service serves (all but ``result.json``)."""
         return [
             name
-            for name in result.get("outputs") or []
+            for name in layout.listed(result.get("outputs"))
             if (found := layout.kind_of(name)) is not None and found[0].route is not None
         ]
 
@@ -57,7 +57,7 @@ class Score:
     @property
     def outputs(self) -> list[str]:
         """The files the job wrote (see :mod:`rescored_ray.layout`)."""
-        return list(self.result.get("outputs") or [])
+        return layout.listed(self.result.get("outputs"))
 
     def file(self, name: str) -> bytes:
         """One output file by its name in the job's folder (``score.mid``, ``stems/bass.flac``)."""

@@ -243,7 +243,7 @@ def _files(job: JobRecord, base: str) -> list[dict[str, Any]]:
     if job.status != JobStatus.COMPLETED or not job.result:
         return []
     files = []
-    for path in job.result.get("outputs") or []:
+    for path in layout.listed(job.result.get("outputs")):
         found = layout.kind_of(path)
         if found is not None and found[0].route is not None:
             row, name = found
@@ -452,7 +452,7 @@ class Ingress:
         job = await self._job_for(request, job_id)
         if job.status != JobStatus.COMPLETED or not job.result:
             raise NotFound(f"no result yet: job is {job.status.value}")
-        if path not in (job.result.get("outputs") or []):
+        if path not in layout.listed(job.result.get("outputs")):
             raise NotFound(f"this job has no {path}")
         data = await asyncio.to_thread(self.results.read_bytes, f"{job_id}/{path}")
         filename = row.download.format(job_id=job_id, name=name)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -158,7 +157,6 @@ class PipelineWorker:
 
         beater = threading.Thread(target=heartbeat, name=f"heartbeat-{job_id[:8]}", daemon=True)
         beater.start()
-        workdir = tempfile.mkdtemp(prefix=f"rescored_out_{job_id[:16]}_", dir=self._temp_parent())
         try:
             cfg = JobOptions.model_validate(job.options).apply(self.pipeline)
             cfg.source.temp_dir = str(self._temp_parent())
@@ -167,12 +165,17 @@ class PipelineWorker:
             pipeline = Pipeline(
                 cfg, separator=self.separator if cfg.separation.enabled else None, transcriber=self.transcriber
             )
-            result = pipeline.run(
-                job.source, workdir, progress=progress, checkpoint=checkpoint, job_id=job_id, timeline=timeline
-            )
-            checkpoint()
-            with timeline.stage("upload"):
-                publish(result, self.store, job_id)  # under <job_id>/: the record keeps the relative names
+            # The job's folder is gone before the ledger hears how the attempt ended, so a job
+            # that reads as finished has left nothing behind.
+            with tempfile.TemporaryDirectory(
+                prefix=f"rescored_out_{job_id[:16]}_", dir=self._temp_parent(), ignore_cleanup_errors=True
+            ) as out:
+                result = pipeline.run(
+                    job.source, out, progress=progress, checkpoint=checkpoint, job_id=job_id, timeline=timeline
+                )
+                checkpoint()
+                with timeline.stage("upload"):
+                    publish(result, self.store, job_id)  # under <job_id>/: the record keeps the relative names
             summary = result.to_dict()
             summary.pop("output_dir", None)
             summary.pop("timeline", None)  # kept on the attempt instead, with the upload span
@@ -208,7 +211,6 @@ class PipelineWorker:
             self._acknowledge("fail", job_id, self.worker_id, error.to_dict(), error.retryable, timeline.to_list())
         finally:
             beat_stop.set()
-            shutil.rmtree(workdir, ignore_errors=True)
             self.current = None
 
     def _acknowledge(self, method: str, job_id: str, *args: Any) -> None:

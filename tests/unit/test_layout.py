@@ -76,3 +76,19 @@ def test_a_new_output_is_one_row(monkeypatch, tmp_path):
     score.save(tmp_path)
     assert (tmp_path / "pages" / "page-2.svg").read_text() == "pages/page-2.svg"
     assert sorted(fetched) == ["pages/page-1.svg", "pages/page-2.svg", "score.musicxml"]
+
+
+def test_a_job_recorded_by_release_0_1_is_still_served():
+    """0.1 recorded outputs as file name -> store key; the download routes still find them."""
+    old = {"score.musicxml": "j0/score.musicxml", "stems/bass.flac": "j0/stems/bass.flac"}
+    assert layout.listed(old) == ["score.musicxml", "stems/bass.flac"]
+    job = JobRecord(
+        job_id="j0",
+        source="s",
+        dedup_key="k",
+        options={},
+        priority="default",
+        status=JobStatus.COMPLETED,
+        result={"outputs": old},
+    )
+    assert {f["url"] for f in _files(job, "")} == {"/api/v1/scores/j0", "/api/v1/scores/j0/stems/bass"}

@@ -3,7 +3,6 @@
 import json
 from typing import Any
 
-import mir_eval
 import music21
 import numpy as np
 import pretty_midi
@@ -15,7 +14,7 @@ from rescored_ray.config import PipelineConfig
 from rescored_ray.errors import NonRetryableError, PipelineError, RetryableError
 from rescored_ray.pipeline import BANDS, Pipeline
 from rescored_ray.transcription import Transcriber
-from tests.scoring import F1_FLOOR, onset_f1
+from tests.scoring import F1_FLOOR, intervals_f1, onset_f1
 
 
 def config(tmp_path, **sections) -> PipelineConfig:
@@ -100,13 +99,7 @@ def test_url_to_score_end_to_end_with_progress_and_quality(http_server, chorale,
     # Quality: transcription F1 above the floor, and the written score keeps it within 0.05.
     f1_notes = onset_f1(chorale, result.notes)
     intervals, pitches = score_notes_in_seconds(out / "score.musicxml", result.time_offset_s)
-    _, _, f1_score, _ = mir_eval.transcription.precision_recall_f1_overlap(
-        chorale.intervals,
-        mir_eval.util.midi_to_hz(chorale.pitches),
-        intervals,
-        mir_eval.util.midi_to_hz(pitches),
-        offset_ratio=None,
-    )
+    f1_score = intervals_f1(chorale, intervals, pitches)
     print(f"chorale onset F1: notes {f1_notes:.3f}, MusicXML read back {f1_score:.3f}; timings {result.timings}")
     assert f1_notes >= F1_FLOOR
     assert f1_score >= f1_notes - 0.05
