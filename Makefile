@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_INPUT ?= examples/chorale.mp3
 DEMO_OUT   ?= out/demo
 
-.PHONY: install test test-fast lint format demo clean
+.PHONY: install test test-fast lint format demo clean bench-setup
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ demo: install
 	$(PY) -c "import music21, verovio, sys; s = music21.converter.parse('$(DEMO_OUT)/score.musicxml'); \
 	tk = verovio.toolkit(); assert tk.loadFile('$(DEMO_OUT)/score.musicxml'), 'verovio could not load the score'; \
 	print('score:', '$(DEMO_OUT)/score.musicxml', '|', len(s.recurse().notes), 'notes/chords,', tk.getPageCount(), 'page(s) in verovio')"
+
+# MuseScore 3, a JDK and MV2H for bench/notation_quality.py (the notation benchmark of issue 13).
+bench-setup: install
+	bash bench/setup.sh
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -68,6 +68,8 @@ LAYOUT: tuple[Output, ...] = (
     Output("musicxml", "score.musicxml", "application/vnd.recordare.musicxml+xml", "", "{job_id}.musicxml"),
     Output("midi", "score.mid", "audio/midi", "midi", "{job_id}.mid"),
     Output("notes", "notes.csv", "text/csv", "notes", "{job_id}-notes.csv"),
+    Output("pdf", "score.pdf", "application/pdf", "pdf", "{job_id}.pdf"),
+    Output("pages", "pages/page-{name}.svg", "image/svg+xml", "pages/{name}", "{job_id}-page-{name}.svg"),
     Output("preview", "preview.svg", "image/svg+xml", "preview", "{job_id}.svg"),
     Output("stems", "stems/{name}.flac", "audio/flac", "stems/{name}", "{job_id}-{name}.flac"),
     Output("result", "result.json", "application/json", None, "{job_id}.json"),

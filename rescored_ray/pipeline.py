@@ -25,7 +25,7 @@ from rescored_ray.errors import NonRetryableError, log_unexpected, unexpected
 from rescored_ray.interfaces import Checkpoint, NoteTranscriber, ProgressCallback, StemSeparator
 from rescored_ray.timeline import Timeline, ran_on
 from rescored_ray.transcription import stems_to_transcribe
-from rescored_ray.types import Audio, Note
+from rescored_ray.types import Audio, Note, SourceInfo
 
 if TYPE_CHECKING:
     from rescored_ray.storage import ResultStore
@@ -62,7 +62,12 @@ class PipelineResult:
     stems: list[str]
     timings: dict[str, float]
     time_offset_s: float = 0.0
-    """Audio time of the score's first beat (the quantisation grid's phase)."""
+    """Audio time of the score's tick 0 (the first measure's start, pickup included)."""
+    artist: str | None = None
+    pickup_ql: float = 0.0
+    """Length of the score's anacrusis in quarter notes (0: it starts on a downbeat)."""
+    tempo_changes: list[tuple[int, float]] = field(default_factory=list)
+    """(measure number, quarter-note BPM) of each written tempo mark."""
     warnings: list[str] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     """Each stage's wall-clock span and the workers that ran it (see :mod:`rescored_ray.timeline`)."""
@@ -156,14 +161,23 @@ class Pipeline:
         timeline = Timeline() if timeline is None else timeline
 
         with self.workdir(job_id) as workdir:
-            title, audio = self.acquire(src, workdir, report=report, checkpoint=check, timeline=timeline)
+            about, audio = self.acquire(src, workdir, report=report, checkpoint=check, timeline=timeline)
             check()
             stems = self.separate(audio, report=report, checkpoint=check, timeline=timeline)
             check()
             notes = self.transcribe(stems, report=report, timeline=timeline)
             check()
             result = self.write(
-                job_id, src, title, audio, stems, notes, Path(output_dir), report=report, timeline=timeline
+                job_id,
+                src,
+                about.title,
+                audio,
+                stems,
+                notes,
+                Path(output_dir),
+                artist=about.artist,
+                report=report,
+                timeline=timeline,
             )
         report("musicxml", 1.0, "Transcription complete")
         return result
@@ -177,8 +191,8 @@ class Pipeline:
         report: StageProgress | None = None,
         checkpoint: Checkpoint | None = None,
         timeline: Timeline | None = None,
-    ) -> tuple[str | None, Audio]:
-        """Validate, download (into ``workdir``) and decode ``src``: ``(title, audio)``."""
+    ) -> tuple[SourceInfo, Audio]:
+        """Validate, download (into ``workdir``) and decode ``src``: what the source says about it, and the audio."""
         cfg = self.config
         report = report or StageProgress(None)
         timeline = Timeline() if timeline is None else timeline
@@ -201,7 +215,7 @@ class Pipeline:
         if parsed.is_remote:
             fetched.path.unlink(missing_ok=True)  # the decoded array is all we need now
         report("decode", 1.0, f"Decoded {audio.duration_s:.1f} s of audio")
-        return fetched.title, audio
+        return SourceInfo(title=fetched.title, artist=fetched.artist), audio
 
     def separate(
         self,
@@ -267,10 +281,11 @@ class Pipeline:
         notes: dict[str, list[Note]],
         output_dir: Path,
         *,
+        artist: str | None = None,
         report: StageProgress | None = None,
         timeline: Timeline | None = None,
     ) -> PipelineResult:
-        """Notate ``notes`` and write the score, MIDI, stems, preview and result.json."""
+        """Notate ``notes`` and write the score (MusicXML, MIDI, PDF, page SVGs), stems and result.json."""
         cfg = self.config
         report = report or StageProgress(None)
         timeline = Timeline() if timeline is None else timeline
@@ -285,7 +300,9 @@ class Pipeline:
         with timeline.stage("notation"):
             notated = _in_stage(
                 "notation",
-                lambda: notation.notate(notes, cfg.notation, audio=audio.samples, sample_rate=audio.sample_rate),
+                lambda: notation.notate(
+                    notes, cfg.notation, audio=audio.samples, sample_rate=audio.sample_rate, title=title, artist=artist
+                ),
             )
             output_dir.mkdir(parents=True, exist_ok=True)
             score_file = target("musicxml")
@@ -295,7 +312,7 @@ class Pipeline:
                 _in_stage("notation", lambda: notation.write_midi(notated.score, tmp))
             cleaned = [n for stem_notes in notated.notes.values() for n in stem_notes]
             outputs.write_notes_csv(target("notes"), cleaned)
-        report("musicxml", 0.6, "Writing stems and preview")
+        report("musicxml", 0.6, "Writing stems and pages")
         warnings = list(notated.warnings)
         with timeline.stage("outputs"):
             if cfg.write_stems and "mix" not in stems:
@@ -303,16 +320,20 @@ class Pipeline:
                     outputs.write_flac(target("stems", name), stem)
             if cfg.write_preview:
                 try:
-                    svg = notation.render_svg(score_file)
-                    outputs.write_text(output_dir / layout.file("preview"), svg)
-                    written.append(layout.file("preview"))
-                except Exception as exc:  # a preview is a convenience, never a reason to fail the job
-                    warnings.append(f"preview not rendered: {exc}")
+                    pages = notation.render_pages(score_file)
+                    for number, svg in enumerate(pages, start=1):
+                        outputs.write_text(target("pages", str(number)), svg)
+                    outputs.write_text(target("preview"), pages[0])
+                    with outputs.atomic_path(target("pdf")) as tmp:
+                        notation.write_pdf(pages, tmp)
+                except Exception as exc:  # pictures are a convenience, never a reason to fail the job
+                    warnings.append(f"pages not rendered: {exc}")
         timings = {k: round(v, 4) for k, v in timeline.seconds().items()}
         result = PipelineResult(
             job_id=job_id,
             source=src,
             title=title,
+            artist=artist,
             duration_s=round(audio.duration_s, 3),
             output_dir=str(output_dir),
             outputs=[],
@@ -325,6 +346,8 @@ class Pipeline:
             stems=sorted(stems),
             timings=timings,
             time_offset_s=round(notated.time_offset_s, 4),
+            pickup_ql=notated.pickup_ql,
+            tempo_changes=list(notated.tempo_changes),
             warnings=warnings,
             timeline=timeline.to_list(),
             notes=cleaned,

@@ -72,6 +72,8 @@ class FetchedAudio:
     title: str | None = None
     duration_s: float | None = None
     info: dict[str, Any] = field(default_factory=dict[str, Any], repr=False)
+    artist: str | None = None
+    """Who made it, as far as the source says (artist tag, else the uploader or channel)."""
 
 
 @dataclass(frozen=True)
@@ -303,7 +305,9 @@ def fetch(
         source = parse_source(source, config)
     if source.kind == "local":
         path = Path(source.location)
-        return FetchedAudio(path=path, source=source, title=path.stem)
+        tags = _file_tags(path)
+        return FetchedAudio(path=path, source=source, title=tags.get("title") or path.stem,
+                            artist=tags.get("artist"))
     refuse_playlist(source, STAGE)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -326,7 +330,31 @@ def fetch(
         title=info.get("title"),
         duration_s=float(info["duration"]) if info.get("duration") else None,
         info=_public_info(info),
+        artist=_first_text(info, ("artist", "creator", "uploader", "channel")),
     )
+
+
+def _first_text(mapping: dict, keys: tuple[str, ...]) -> str | None:
+    for k in keys:
+        value = mapping.get(k)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _file_tags(path: Path) -> dict[str, str]:
+    """Title and artist tags of a local file (lower-case keys); empty when it has none or
+    cannot be read here (decoding reports unreadable files properly)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            tags = {k.lower(): v for k, v in container.metadata.items()}
+            for stream in container.streams.audio[:1]:
+                tags = {**{k.lower(): v for k, v in stream.metadata.items()}, **tags}
+    except Exception:  # noqa: BLE001 - tags are a nicety; a bad file fails in decode
+        return {}
+    return {k: v for k in ("title", "artist") if (v := _first_text(tags, (k,)))}
 
 
 def expand_playlist(url: str, config: SourceConfig | None = None, max_entries: int = 5000) -> list[PlaylistEntry]:
@@ -419,5 +447,6 @@ def _downloaded_file(info: dict[str, Any], workdir: Path, logger: _YtdlpLogger) 
 
 
 def _public_info(info: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "title", "duration", "uploader", "webpage_url", "extractor", "ext", "acodec", "abr", "filesize")
+    keys = ("id", "title", "duration", "uploader", "artist", "creator", "channel", "webpage_url", "extractor",
+            "ext", "acodec", "abr", "filesize")
     return {key: info.get(key) for key in keys if info.get(key) is not None}

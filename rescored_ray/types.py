@@ -56,3 +56,11 @@ class Note:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the source says about a recording, for the score's title and credits."""
+
+    title: str | None = None
+    artist: str | None = None

@@ -38,6 +38,10 @@ __all__ = [
     "find_fluidsynth",
     "render_chorale",
     "render_band_mix",
+    "TempoMap",
+    "load_score",
+    "prepare_score",
+    "render_score",
     "encode",
     "available_encoders",
     "decode_info",
@@ -148,6 +152,7 @@ class RenderedPiece:
     sample_rate: int = SAMPLE_RATE
     channels: int = 2
     extra: dict = field(default_factory=dict)
+    tempo_map: "TempoMap | None" = None  # set by render_score; tempo_bpm is then its first tempo
 
     @property
     def n_notes(self) -> int:
@@ -228,11 +233,16 @@ _M21_LOCK = threading.Lock()
 
 
 def _load_score(name: str):
+    return load_score(name)
+
+
+def load_score(name: str, number: int | None = None):
+    """A music21 corpus score; ``number`` picks one tune of a collection (an ABC opus)."""
     from music21 import corpus as m21corpus
 
     # music21's corpus cache is not safe to fill from several threads at once.
     with _M21_LOCK:
-        return m21corpus.parse(name)
+        return m21corpus.parse(name, number=number)
 
 
 def _score_voices(score) -> tuple[list[tuple[str, list[tuple[float, float, int]]]], list[float], str, float]:
@@ -564,6 +574,275 @@ def render_band_mix(
     return _render(
         Path(out_dir), name, tracks, tempo_bpm, end_s, tail_s, soundfont, gain, normalize_dbfs,
         dict(source=corpus, lead_in_s=lead_in_s, time_signature=ts, pickup_beats=pickup),
+    )
+
+
+# ---------------------------------------------------------------------------
+# any score: repeats expanded, tempo maps (drift)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TempoMap:
+    """Quarter-note tempo, constant from each change to the next.
+
+    Stepwise rather than continuous so that a score can carry it exactly as metronome
+    marks: what was rendered and what the written truth plays back then agree.
+    ``changes`` is ((offset in quarter notes, quarter-note bpm), ...), the first at 0.
+    """
+
+    changes: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def across(cls, bar_offsets: list[float], anchors: float | tuple[float, ...], unit: float = 1.0) -> "TempoMap":
+        """One tempo per bar, piecewise linear through ``anchors`` (quarter-note bpm) spread
+        evenly from the first bar to the last: (92, 100) ramps, (88, 100, 90) speeds up and
+        slows down. Each tempo is rounded to 0.01 beats per minute of ``unit`` quarter notes
+        (1.5 for a dotted-quarter beat), the precision a metronome mark is written with."""
+        anchors = (anchors,) if isinstance(anchors, (int, float)) else tuple(anchors)
+        n = len(bar_offsets)
+        if n == 0:
+            raise ValueError("no bars")
+        at = np.interp(np.arange(n), np.linspace(0, n - 1, len(anchors)), anchors) if len(anchors) > 1 \
+            else np.full(n, float(anchors[0]))
+        changes: list[tuple[float, float]] = []
+        for offset, bpm in zip(bar_offsets, at):
+            bpm = round(float(bpm) / unit, 2) * unit
+            if not changes or changes[-1][1] != bpm:
+                changes.append((float(offset), bpm))
+        return cls(tuple(changes))
+
+    @property
+    def initial_bpm(self) -> float:
+        return self.changes[0][1]
+
+    def seconds(self, ql: float) -> float:
+        """Seconds from the score's start to position ``ql`` (quarter notes)."""
+        t = 0.0
+        for i, (start, bpm) in enumerate(self.changes):
+            end = self.changes[i + 1][0] if i + 1 < len(self.changes) else math.inf
+            if ql <= start:
+                break
+            t += (min(ql, end) - start) * 60.0 / bpm
+        return t
+
+    def mean_bpm(self, end_ql: float) -> float:
+        """Quarter notes per minute over [0, end_ql]: the one tempo that takes as long."""
+        return 60.0 * end_ql / self.seconds(end_ql)
+
+
+def _time_signature(measure):
+    """The time signature in force in ``measure`` (its own, else the latest before it)."""
+    return measure.timeSignature or measure.getContextByClass("TimeSignature")
+
+
+def _bar_length(measure) -> float:
+    ts = _time_signature(measure)
+    return float(ts.barDuration.quarterLength) if ts is not None else 4.0
+
+
+def _join_split_bars(score) -> None:
+    """Join each bar that a repeat split in two (e.g. 2 + 1 beats of 3/4 around the repeat
+    sign) back into one bar, as a player hears it once the repeat is written out. A split
+    whose halves differ in voices in any part is left as it is, in every part alike."""
+    from music21 import stream
+
+    bars = [list(part.getElementsByClass(stream.Measure)) for part in score.parts]
+    joins: list[int] = []
+    for i in range(1, len(bars[0]) - 1):
+        a, b = bars[0][i], bars[0][i + 1]
+        la, lb = float(a.duration.quarterLength), float(b.duration.quarterLength)
+        bar = _bar_length(a)
+        same_voices = all({v.id for v in ms[i].voices} == {v.id for v in ms[i + 1].voices} for ms in bars)
+        if la < bar and lb < bar and abs(la + lb - bar) < 1e-9 and same_voices and (not joins or joins[-1] != i - 1):
+            joins.append(i)
+    for part, ms in zip(score.parts, bars):
+        for i in reversed(joins):
+            a, b = ms[i], ms[i + 1]
+            shift = float(a.duration.quarterLength)
+            voices = {v.id: v for v in a.voices}
+            for el in list(b):
+                if "TimeSignature" in el.classes:
+                    continue
+                if "Voice" in el.classes:
+                    for x in list(el):
+                        voices[el.id].insert(shift + float(x.offset), x)
+                else:
+                    a.insert(shift + float(el.offset), el)
+            part.remove(b)
+
+
+def _strip_performance_marks(score) -> None:
+    """Remove what a player (or MuseScore's playback) would perform differently from the
+    written note values: grace notes, ornaments and fermatas, articulations, spanners
+    (slurs, hairpins, trill lines), written tempi, repeat signs and D.C./segno marks."""
+    from music21 import expressions, note, repeat, spanner, tempo
+
+    for n in list(score.recurse().getElementsByClass(note.GeneralNote)):
+        if n.duration.isGrace:
+            n.activeSite.remove(n)
+            continue
+        n.expressions = []
+        n.articulations = []
+    drop = (tempo.TempoIndication, repeat.RepeatExpression, expressions.TextExpression, spanner.Spanner)
+    for part in score.parts:
+        for sp in list(part.spannerBundle):
+            part.spannerBundle.remove(sp)
+        for el in list(part.recurse().getElementsByClass(drop)):
+            el.activeSite.remove(el)
+        for m in part.getElementsByClass("Measure"):
+            for side in ("leftBarline", "rightBarline"):
+                if "Repeat" in getattr(getattr(m, side), "classes", ()):
+                    setattr(m, side, None)
+
+
+def _end_ties_at(measure) -> None:
+    """Notes tied into a bar that was cut away end where the cut is."""
+    from music21 import tie
+
+    for n in measure.recurse().notes:
+        for member in (n.notes if n.isChord else (n,)):
+            if member.tie is not None and member.tie.type in ("start", "continue"):
+                member.tie = tie.Tie("stop") if member.tie.type == "continue" else None
+        if n.isChord and n.tie is not None and n.tie.type in ("start", "continue"):
+            n.tie = tie.Tie("stop") if n.tie.type == "continue" else None
+
+
+def prepare_score(score, *, tempo: float | tuple[float, ...], max_seconds: float | None = None,
+                  lead_in_s: float = 0.25, tail_s: float = 0.5, title: str | None = None):
+    """A copy of ``score`` made into a ground truth that plays exactly as it is rendered.
+
+    Sounding pitch; repeats expanded (a bar split by a repeat joined again); performance
+    marks removed (see ``_strip_performance_marks``); cut at the last barline whose WAV
+    (with ``lead_in_s`` and ``tail_s``) fits ``max_seconds``; a pickup written as an implicit
+    measure 0; and the tempo written as metronome marks, one per bar where it changes:
+    ``tempo`` is a quarter-note bpm, or anchors of a drift (see :meth:`TempoMap.across`).
+    Compound meters get dotted-quarter marks. Returns ``(score, tempo_map)``.
+    """
+    from music21 import duration, metadata, stream
+    from music21 import tempo as m21tempo
+
+    score = score.toSoundingPitch(inPlace=False).expandRepeats()
+    _strip_performance_marks(score)
+    _join_split_bars(score)
+
+    parts = list(score.parts)
+    measures = list(parts[0].getElementsByClass(stream.Measure))
+    offsets = [float(m.offset) for m in measures]
+    ends = offsets[1:] + [float(parts[0].highestTime)]
+    ts = _time_signature(measures[0])
+    compound = ts is not None and ts.numerator % 3 == 0 and ts.numerator > 3
+    unit = float(ts.beatDuration.quarterLength) if compound else 1.0
+    keep = len(measures)
+    tempo_map = TempoMap.across(offsets, tempo, unit)
+    while max_seconds is not None and keep > 1:
+        tempo_map = TempoMap.across(offsets[:keep], tempo, unit)
+        if lead_in_s + tempo_map.seconds(ends[keep - 1]) + tail_s <= max_seconds:
+            break
+        keep -= 1
+
+    pickup = float(measures[0].duration.quarterLength) < _bar_length(measures[0]) - 1e-9
+    for part in parts:
+        ms = list(part.getElementsByClass(stream.Measure))
+        for m in ms[keep:]:
+            part.remove(m)
+        _end_ties_at(ms[keep - 1])
+        for i, m in enumerate(ms[:keep]):
+            m.number = i if pickup else i + 1
+            m.showNumber = stream.enums.ShowNumber.NEVER if pickup and i == 0 else stream.enums.ShowNumber.DEFAULT
+    for start, bpm in tempo_map.changes:
+        bar = next(m for m in parts[0].getElementsByClass(stream.Measure) if abs(float(m.offset) - start) < 1e-9)
+        bar.insert(0, m21tempo.MetronomeMark(number=round(bpm / unit, 2), referent=duration.Duration(unit)))
+    if title:
+        score.metadata = score.metadata or metadata.Metadata()
+        score.metadata.title = title
+    return score, tempo_map
+
+
+def _sounding_notes(part) -> list[tuple[float, float, int]]:
+    """(onset, offset, MIDI pitch) of every note ``part`` plays, quarter notes from its start.
+
+    Ties are joined per pitch across chords and voices, as a player (and MuseScore) reads
+    them: a tie start holds into the next note of its pitch that starts where it ends, with
+    or without a tie stop there. music21's ``stripTies`` leaves a note tied into one member
+    of a chord unjoined.
+    """
+    heads = []
+    for n in part.flatten().notes:
+        ql = float(n.quarterLength)
+        if ql <= 0 or n.duration.isGrace:
+            continue
+        on = float(n.offset)
+        for member in (n.notes if n.isChord else (n,)):
+            tie_mark = member.tie or (n.tie if n.isChord else None)
+            heads.append((on, on + ql, int(member.pitch.midi), tie_mark.type if tie_mark else None))
+    heads.sort(key=lambda h: (h[0], h[2]))
+    waiting: dict[int, list] = {}  # pitch -> [onset, offset, pitch] of a note whose tie goes on
+    done: list[list] = []
+    for on, off, pitch, tie_type in heads:
+        prev = waiting.get(pitch)
+        if prev is not None and abs(prev[1] - on) < 1e-6:  # a tie start holds into the next same pitch
+            del waiting[pitch]
+            prev[1] = off
+            current = prev
+        else:
+            current = [on, off, pitch]
+        if tie_type in ("start", "continue"):
+            if pitch in waiting:
+                done.append(waiting.pop(pitch))
+            waiting[pitch] = current
+        else:
+            done.append(current)
+    done.extend(waiting.values())
+    return sorted((a, b, p) for a, b, p in done)
+
+
+def render_score(
+    out_dir: str | os.PathLike,
+    score,
+    tempo_map: TempoMap,
+    *,
+    name: str,
+    source: str,
+    programs: int | list[int] = 0,
+    velocities: int | list[int] = 80,
+    soundfont: str | os.PathLike | None = None,
+    lead_in_s: float = 0.25,
+    tail_s: float = 0.5,
+    gain: float = 0.8,
+    normalize_dbfs: float | None = -1.0,
+) -> RenderedPiece:
+    """Render a score made by :func:`prepare_score`, each part its own MIDI track.
+
+    ``programs``/``velocities`` are one value for all parts or one per part. Note times
+    follow ``tempo_map`` from ``lead_in_s`` on; ties are joined, unisons merged as in
+    :func:`render_chorale`. ``tempo_bpm`` of the result is the first tempo; the whole map is
+    ``tempo_map``.
+    """
+    parts = list(score.parts)
+    programs = programs if isinstance(programs, list) else [programs] * len(parts)
+    velocities = velocities if isinstance(velocities, list) else [velocities] * len(parts)
+    names: list[str] = []
+    notes: list[_Note] = []
+    for i, part in enumerate(parts):
+        base = part.partName or f"Part{i + 1}"
+        pname = base if base not in names else f"{base} {i + 1}"
+        names.append(pname)
+        for on, off, pitch in _sounding_notes(part):
+            notes.append(_Note(lead_in_s + tempo_map.seconds(on), lead_in_s + tempo_map.seconds(off),
+                               pitch, velocities[i], pname))
+    notes = _merge_unisons(notes)
+    tracks = [(pname, programs[i], False, [n for n in notes if n.inst == pname]) for i, pname in enumerate(names)]
+    tracks = [t for t in tracks if t[3]]
+    end_s = max(n.offset for n in notes)
+    measures = list(parts[0].getElementsByClass("Measure"))
+    ts = _time_signature(measures[0])
+    first = float(measures[0].duration.quarterLength)
+    pickup = first if first < _bar_length(measures[0]) - 1e-9 else 0.0
+    return _render(
+        Path(out_dir), name, tracks, tempo_map.initial_bpm, end_s, tail_s, soundfont, gain, normalize_dbfs,
+        dict(source=source, lead_in_s=lead_in_s, time_signature=ts.ratioString if ts else "4/4",
+             pickup_beats=pickup, tempo_map=tempo_map),
     )
 
 

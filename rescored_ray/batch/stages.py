@@ -110,6 +110,7 @@ def acquire_audio(row: dict, config: str) -> dict:
     row = dict(
         row,
         title=row.get("title") or "",
+        artist="",
         status=RUNNING,
         error="",
         retryable=False,
@@ -129,10 +130,11 @@ def acquire_audio(row: dict, config: str) -> dict:
             return pipeline.acquire(row["url"], workdir, timeline=timeline)
 
     try:
-        title, audio = _retrying(cfg, row, attempt)
+        about, audio = _retrying(cfg, row, attempt)
     except PipelineError as exc:
         return _fail(row, exc)
-    row.update(audio=audio.samples, title=row.get("title") or title, duration_s=round(audio.duration_s, 3))
+    row.update(audio=audio.samples, title=row.get("title") or about.title or "", artist=about.artist or "",
+               duration_s=round(audio.duration_s, 3))
     row.update({f"{stage}_s": round(seconds, 4) for stage, seconds in timeline.seconds().items()})
     return row
 
@@ -265,6 +267,7 @@ def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
                     stems,
                     notes,
                     workdir / "out",
+                    artist=row.get("artist") or None,
                     timeline=timeline,
                 )
                 files = publish(result, store, str(row["id"]))

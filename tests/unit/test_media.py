@@ -18,9 +18,12 @@ from tests.media import (
     decode_info,
     find_soundfont,
     has_xing_header,
+    load_score,
+    prepare_score,
     read_truth_csv,
     read_wav,
     render_chorale,
+    render_score,
 )
 
 YDL_BASE = {"ignoreconfig": True, "quiet": True, "no_warnings": True, "noprogress": True, "proxy": ""}
@@ -120,6 +123,30 @@ def test_render_is_deterministic_and_truncates(tmp_path):
     # cut on a barline: pickup (1 beat) + whole 4/4 bars
     beats = (a.last_offset_s - a.lead_in_s) / a.seconds_per_beat
     assert (beats - a.pickup_beats) % 4 == pytest.approx(0, abs=1e-3)
+
+
+def test_score_render_with_repeats_pickup_and_drift(tmp_path):
+    """bwv269 (3/4, one-beat pickup, repeat): expanded, the bar split by the repeat joined
+    again, a ramp 92 -> 100 bpm per bar, the notes on that tempo map."""
+    truth, tempo_map = prepare_score(load_score("bach/bwv269"), tempo=(92, 100), max_seconds=20.0)
+    bars = list(truth.parts[0].getElementsByClass("Measure"))
+    assert bars[0].number == 0 and bars[0].showNumber == "never" and bars[0].duration.quarterLength == 1
+    assert all(b.duration.quarterLength == 3 for b in bars[1:])  # no 2 + 1 split at the repeat
+    assert [b.number for b in bars] == list(range(len(bars)))
+    assert tempo_map.changes[0] == (0.0, 92.0) and tempo_map.changes[-1][1] == 100.0
+    assert len(truth.parts[0].recurse().getElementsByClass("MetronomeMark")) == len(tempo_map.changes)
+    assert not truth.recurse().getElementsByClass("Fermata")
+
+    piece = render_score(tmp_path, truth, tempo_map, name="bwv269", source="bach/bwv269")
+    assert piece.duration_s <= 20.0 and piece.time_signature == "3/4" and piece.pickup_beats == 1
+    assert piece.n_notes == _midi_note_count(piece.midi_path)
+    # the first downbeat comes one beat at 92 bpm after the lead-in; the last bar is at 100 bpm
+    downbeats = [float(b.offset) for b in bars]
+    assert tempo_map.seconds(downbeats[1]) == pytest.approx(60 / 92)
+    last_bar_s = tempo_map.seconds(downbeats[-1] + 3) - tempo_map.seconds(downbeats[-1])
+    assert last_bar_s == pytest.approx(3 * 60 / 100)
+    assert piece.onsets.min() == pytest.approx(piece.lead_in_s, abs=1e-3)
+    assert piece.last_offset_s == pytest.approx(piece.lead_in_s + tempo_map.seconds(downbeats[-1] + 3), abs=2e-3)
 
 
 def test_truth_csv_roundtrip(chorale, tmp_path):

@@ -1,0 +1,51 @@
+"""Hands and voices."""
+
+from __future__ import annotations
+
+from rescored_ray.notation.rhythm import TPQ, QNote
+from rescored_ray.notation.voices import absorb_short_rests, assign_hands, assign_voices, legato
+
+E = TPQ // 2
+
+
+def test_an_alberti_bass_above_middle_c_stays_in_the_left_hand():
+    notes = []
+    for bar in range(4):  # C4-G4-E4-G4 eighths under a melody in the fifth octave
+        for i, p in enumerate((60, 67, 64, 67, 60, 67, 64, 67)):
+            notes.append(QNote(bar * 4 * TPQ + i * E, bar * 4 * TPQ + (i + 1) * E, p))
+        notes.append(QNote(bar * 4 * TPQ, bar * 4 * TPQ + 2 * TPQ, 76 + bar))
+        notes.append(QNote(bar * 4 * TPQ + 2 * TPQ, bar * 4 * TPQ + 4 * TPQ, 74 + bar))
+    hands = assign_hands(notes)
+    assert all(h == 1 for q, h in zip(notes, hands) if q.pitch < 70)
+    assert all(h == 0 for q, h in zip(notes, hands) if q.pitch >= 74)
+
+
+def test_a_single_line_gets_one_staff():
+    line = [QNote(i * TPQ, (i + 1) * TPQ, p) for i, p in enumerate([55, 60, 64, 67, 72, 76, 79, 74, 71, 67, 62, 59])]
+    assert len(set(assign_hands(line))) == 1
+
+
+def test_a_held_note_under_moving_notes_gets_its_own_voice():
+    held = QNote(0, 2 * TPQ, 60)
+    moving = [QNote(0, TPQ, 67), QNote(TPQ, 2 * TPQ, 69)]
+    notes = [held, *moving]
+    legato(notes, TPQ)
+    assign_voices(notes)
+    assert held.voice == 2 and {q.voice for q in moving} == {1}
+
+
+def test_chords_struck_together_stay_one_voice():
+    chords = [QNote(i * TPQ, i * TPQ + TPQ - 5 + k, p) for i in range(4) for k, p in enumerate((60, 64, 67))]
+    legato(chords, TPQ)
+    assign_voices(chords)
+    assert {q.voice for q in chords} == {1}
+    assert {q.off - q.on for q in chords if q.on < 3 * TPQ} == {TPQ}
+
+
+def test_short_gaps_are_absorbed_real_rests_stay():
+    notes = [QNote(0, TPQ - 4, 60), QNote(TPQ, 2 * TPQ, 62), QNote(4 * TPQ, 5 * TPQ, 64)]
+    for q in notes:
+        q.voice = 1
+    absorb_short_rests(notes, TPQ)
+    assert notes[0].off == TPQ
+    assert notes[1].off == 2 * TPQ  # two beats of rest stay a rest
