@@ -19,10 +19,10 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -157,34 +157,115 @@ def _alberti_arrangement(score):
 ARRANGEMENTS: dict[str, Callable] = {"alberti": _alberti_arrangement}
 
 DEV_SET: tuple[PieceSpec, ...] = (
-    PieceSpec("bwv269", "Aus meines Herzens Grunde (BWV 269)", "J. S. Bach", "bach/bwv269", None,
-              "chorale", 90),
+    PieceSpec("bwv269", "Aus meines Herzens Grunde (BWV 269)", "J. S. Bach", "bach/bwv269", None, "chorale", 90),
     PieceSpec("bwv102.7", "Chorale BWV 102.7", "J. S. Bach", "bach/bwv102.7", None, "chorale", 84),
     PieceSpec("bwv10.7", "Chorale BWV 10.7", "J. S. Bach", "bach/bwv10.7", None, "chorale", 96),
     PieceSpec("bwv145.5", "Chorale BWV 145.5", "J. S. Bach", "bach/bwv145.5", None, "chorale", 100),
     PieceSpec("bwv117.4", "Chorale BWV 117.4", "J. S. Bach", "bach/bwv117.4", None, "chorale", (92, 100)),
     PieceSpec("bwv148.6", "Chorale BWV 148.6", "J. S. Bach", "bach/bwv148.6", None, "chorale", 80),
-    PieceSpec("lift_every_voice", "Lift Every Voice and Sing", "J. Rosamond Johnson",
-              "johnson_j_r/lift_every_voice.mxl", None, "hymn (4 voices)", 96),
-    PieceSpec("polonaise", "Polonaise op. 1 no. 1", "Clara Schumann", "schumann_clara/polonaise_op1n1.mxl",
-              None, "piano", 96, velocities=72),
-    PieceSpec("dichterliebe2", "Aus meinen Tränen sprießen (Dichterliebe no. 2)", "Robert Schumann",
-              "schumann_robert/opus48no2.mxl", None, "voice + piano", 60, velocities=(96, 64, 64)),
-    PieceSpec("lindenbaum", "Der Lindenbaum", "Franz Schubert", "schubert/Lindenbaum.xml", None,
-              "voice + piano", 84, velocities=(96, 64, 64)),
-    PieceSpec("jeanie_alberti", "Jeanie with the Light Brown Hair", "Stephen Foster",
-              "leadSheet/fosterBrownHair.mxl", None, "melody + Alberti bass", (84, 96, 86),
-              velocities=(96, 60), arrangement="alberti"),
-    PieceSpec("connachtmans_rambles", "The Connachtman's Rambles", "trad. (O'Neill's 1003)",
-              "oneills1850/1001-1031.abc", 1003, "melody", 144, programs=FLUTE, velocities=96),
-    PieceSpec("dan_rogers", "Dan Rogers' Jig", "trad. (O'Neill's 787)", "oneills1850/0759-0810.abc", 787,
-              "melody", (150, 138), programs=FLUTE, velocities=96),
-    PieceSpec("funny_mistake", "The Funny Mistake", "trad. (O'Neill's 1146)", "oneills1850/1136-1175.abc", 1146,
-              "melody", 168, programs=FLUTE, velocities=96),
-    PieceSpec("friars_hill", "The Friar's Hill", "trad. (O'Neill's 10)", "oneills1850/0001-0050.abc", 10,
-              "melody", 100, velocities=90),
-    PieceSpec("hinaus_in_die_ferne", "Hinaus in die Ferne", "trad. (Essen, Böhme 38)", "essenFolksong/boehme10.abc",
-              38, "melody", 108, velocities=90),
+    PieceSpec(
+        "lift_every_voice",
+        "Lift Every Voice and Sing",
+        "J. Rosamond Johnson",
+        "johnson_j_r/lift_every_voice.mxl",
+        None,
+        "hymn (4 voices)",
+        96,
+    ),
+    PieceSpec(
+        "polonaise",
+        "Polonaise op. 1 no. 1",
+        "Clara Schumann",
+        "schumann_clara/polonaise_op1n1.mxl",
+        None,
+        "piano",
+        96,
+        velocities=72,
+    ),
+    PieceSpec(
+        "dichterliebe2",
+        "Aus meinen Tränen sprießen (Dichterliebe no. 2)",
+        "Robert Schumann",
+        "schumann_robert/opus48no2.mxl",
+        None,
+        "voice + piano",
+        60,
+        velocities=(96, 64, 64),
+    ),
+    PieceSpec(
+        "lindenbaum",
+        "Der Lindenbaum",
+        "Franz Schubert",
+        "schubert/Lindenbaum.xml",
+        None,
+        "voice + piano",
+        84,
+        velocities=(96, 64, 64),
+    ),
+    PieceSpec(
+        "jeanie_alberti",
+        "Jeanie with the Light Brown Hair",
+        "Stephen Foster",
+        "leadSheet/fosterBrownHair.mxl",
+        None,
+        "melody + Alberti bass",
+        (84, 96, 86),
+        velocities=(96, 60),
+        arrangement="alberti",
+    ),
+    PieceSpec(
+        "connachtmans_rambles",
+        "The Connachtman's Rambles",
+        "trad. (O'Neill's 1003)",
+        "oneills1850/1001-1031.abc",
+        1003,
+        "melody",
+        144,
+        programs=FLUTE,
+        velocities=96,
+    ),
+    PieceSpec(
+        "dan_rogers",
+        "Dan Rogers' Jig",
+        "trad. (O'Neill's 787)",
+        "oneills1850/0759-0810.abc",
+        787,
+        "melody",
+        (150, 138),
+        programs=FLUTE,
+        velocities=96,
+    ),
+    PieceSpec(
+        "funny_mistake",
+        "The Funny Mistake",
+        "trad. (O'Neill's 1146)",
+        "oneills1850/1136-1175.abc",
+        1146,
+        "melody",
+        168,
+        programs=FLUTE,
+        velocities=96,
+    ),
+    PieceSpec(
+        "friars_hill",
+        "The Friar's Hill",
+        "trad. (O'Neill's 10)",
+        "oneills1850/0001-0050.abc",
+        10,
+        "melody",
+        100,
+        velocities=90,
+    ),
+    PieceSpec(
+        "hinaus_in_die_ferne",
+        "Hinaus in die Ferne",
+        "trad. (Essen, Böhme 38)",
+        "essenFolksong/boehme10.abc",
+        38,
+        "melody",
+        108,
+        velocities=90,
+    ),
 )
 
 
@@ -196,8 +277,11 @@ def _held_out_chorales() -> frozenset[str]:
     from music21 import corpus
 
     paths = sorted(corpus.getComposer("bach"))
-    return frozenset(Path(p).name.split(".mxl")[0].split(".xml")[0].split(".krn")[0]
-                     for k, p in enumerate(paths) if k % 37 in HELD_OUT_CHORALE_RESIDUES)
+    return frozenset(
+        Path(p).name.split(".mxl")[0].split(".xml")[0].split(".krn")[0]
+        for k, p in enumerate(paths)
+        if k % 37 in HELD_OUT_CHORALE_RESIDUES
+    )
 
 
 def _title_key(title: str) -> str:
@@ -227,8 +311,9 @@ def check_not_held_out(spec: PieceSpec, corpus_title: str | None = None) -> None
         stem = spec.source.split("/", 1)[1].split(".mxl")[0].split(".xml")[0]
         assert stem not in _held_out_chorales(), f"{spec.name}: chorale {stem} is held out"
     for title in filter(None, (spec.title, corpus_title)):
-        assert _title_key(title) not in _ryans_mammoth_titles(), \
+        assert _title_key(title) not in _ryans_mammoth_titles(), (
             f"{spec.name}: {title!r} is a tune of Ryan's Mammoth Collection (held out)"
+        )
 
 
 for _spec in DEV_SET:  # a held-out piece must never slip into the dev set
@@ -258,9 +343,19 @@ def _render(spec: PieceSpec, out: Path) -> None:
     truth, tempo_map = media.prepare_score(score, tempo=spec.tempo, max_seconds=spec.max_seconds, title=spec.title)
     truth.metadata.composer = spec.composer
     n_parts = len(truth.parts)
-    listify = (lambda v: list(v) if isinstance(v, tuple) else [v] * n_parts)
-    piece = media.render_score(out, truth, tempo_map, name=spec.name, source=spec.source,
-                               programs=listify(spec.programs), velocities=listify(spec.velocities))
+
+    def listify(v):
+        return list(v) if isinstance(v, tuple) else [v] * n_parts
+
+    piece = media.render_score(
+        out,
+        truth,
+        tempo_map,
+        name=spec.name,
+        source=spec.source,
+        programs=listify(spec.programs),
+        velocities=listify(spec.velocities),
+    )
     truth.write("musicxml", out / "truth.musicxml")
     last_ql = max(float(n.offset) + float(n.quarterLength) for n in truth.flatten().notes)
     meta = {
@@ -306,9 +401,12 @@ def load(spec: PieceSpec, cache: Path) -> DevPiece:
 def describe(piece: DevPiece) -> dict:
     """One row of the dev-set list: source, meter, pickup, texture, tempo/drift, seconds."""
     spec = piece.spec
-    tempo = (f"{piece.tempo_changes[0][1]:g} -> {piece.tempo_changes[-1][1]:g} (max "
-             f"{max(b for _, b in piece.tempo_changes):g}), mean {piece.mean_bpm:.1f}"
-             if piece.drift else f"{piece.initial_bpm:g}")
+    tempo = (
+        f"{piece.tempo_changes[0][1]:g} -> {piece.tempo_changes[-1][1]:g} (max "
+        f"{max(b for _, b in piece.tempo_changes):g}), mean {piece.mean_bpm:.1f}"
+        if piece.drift
+        else f"{piece.initial_bpm:g}"
+    )
     return {
         "piece": spec.name,
         "title": spec.title,

@@ -53,8 +53,9 @@ def musescore(src: Path, dst: Path, timeout_s: float = 120) -> Path:
     dst.unlink(missing_ok=True)
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     try:
-        res = subprocess.run([MUSESCORE, "-o", str(dst), str(src)], env=env, capture_output=True, text=True,
-                             timeout=timeout_s)
+        res = subprocess.run(
+            [MUSESCORE, "-o", str(dst), str(src)], env=env, capture_output=True, text=True, timeout=timeout_s
+        )
     except subprocess.TimeoutExpired as exc:
         raise ToolError(f"MuseScore timed out after {timeout_s:g} s on {src.name}") from exc
     made = dst if dst.suffix != ".png" else dst.with_name(f"{dst.stem}-1.png")
@@ -95,15 +96,19 @@ class Playback:
     pm: object  # pretty_midi.PrettyMIDI, for tick -> time
 
     def seconds_at_quarter(self, ql: float) -> float:
-        return float(self.pm.tick_to_time(int(round(ql * self.pm.resolution))))
+        return float(self.pm.tick_to_time(round(ql * self.pm.resolution)))
 
 
 def playback(mid: Path, offset_s: float) -> Playback:
     import pretty_midi
 
     pm = pretty_midi.PrettyMIDI(str(mid))
-    rows = [(n.start + offset_s, n.end + offset_s, n.pitch) for inst in pm.instruments if not inst.is_drum
-            for n in inst.notes]
+    rows = [
+        (n.start + offset_s, n.end + offset_s, n.pitch)
+        for inst in pm.instruments
+        if not inst.is_drum
+        for n in inst.notes
+    ]
     rows = merge_unisons(rows)
     iv = np.array([r[:2] for r in rows], dtype=float).reshape(-1, 2)
     pitches = np.array([r[2] for r in rows], dtype=int)
@@ -120,11 +125,16 @@ def note_f1(ref_iv: np.ndarray, ref_p: np.ndarray, est_iv: np.ndarray, est_p: np
 
     if len(est_p) == 0 or len(ref_p) == 0:
         return {"onset_f1": 0.0, "onset_offset_f1": 0.0, "precision": 0.0, "recall": 0.0}
-    hz = (lambda m: 440.0 * 2.0 ** ((np.asarray(m, dtype=float) - 69) / 12))
+
+    def hz(m):
+        return 440.0 * 2.0 ** ((np.asarray(m, dtype=float) - 69) / 12)
+
     p, r, f, _ = mir_eval.transcription.precision_recall_f1_overlap(
-        ref_iv, hz(ref_p), est_iv, hz(est_p), onset_tolerance=ONSET_TOLERANCE_S, offset_ratio=None)
+        ref_iv, hz(ref_p), est_iv, hz(est_p), onset_tolerance=ONSET_TOLERANCE_S, offset_ratio=None
+    )
     _, _, f_off, _ = mir_eval.transcription.precision_recall_f1_overlap(
-        ref_iv, hz(ref_p), est_iv, hz(est_p), onset_tolerance=ONSET_TOLERANCE_S, offset_ratio=OFFSET_RATIO)
+        ref_iv, hz(ref_p), est_iv, hz(est_p), onset_tolerance=ONSET_TOLERANCE_S, offset_ratio=OFFSET_RATIO
+    )
     return {"onset_f1": float(f), "onset_offset_f1": float(f_off), "precision": float(p), "recall": float(r)}
 
 
@@ -146,11 +156,15 @@ _TIME_FIELDS = {"Note": (2, 3, 4), "Tatum": (1,), "Chord": (1,), "Key": (3,), "H
 def mv2h_text(mid: Path, out: Path, shift_s: float, classes: Path) -> Path:
     """MIDI -> MV2H text with the Converter, every time moved ``shift_s`` later (ms)."""
     raw = out.with_suffix(".raw.txt")
-    res = subprocess.run(["java", "-cp", str(classes), "mv2h.tools.Converter", "-i", str(mid), "-o", str(raw)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["java", "-cp", str(classes), "mv2h.tools.Converter", "-i", str(mid), "-o", str(raw)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if res.returncode != 0 or not raw.is_file():
         raise ToolError(f"MV2H Converter failed on {mid.name}: {res.stderr[-800:]}")
-    shift_ms = int(round(shift_s * 1000))
+    shift_ms = round(shift_s * 1000)
     lines = []
     for line in raw.read_text().splitlines():
         parts = line.split(" ")
@@ -165,8 +179,14 @@ def mv2h_text(mid: Path, out: Path, shift_s: float, classes: Path) -> Path:
 
 _MV2H_LINE = re.compile(r"^(Multi-pitch|Voice|Meter|Value|Harmony|MV2H): ([0-9.eE-]+)\s*$", re.M)
 _MV2H_PROGRESS = re.compile(rb"Evaluating alignment (\d+) / (\d+)")
-_MV2H_NAMES = {"Multi-pitch": "multi_pitch", "Voice": "voice", "Meter": "meter", "Value": "value",
-               "Harmony": "harmony", "MV2H": "mv2h"}
+_MV2H_NAMES = {
+    "Multi-pitch": "multi_pitch",
+    "Voice": "voice",
+    "Meter": "meter",
+    "Value": "value",
+    "Harmony": "harmony",
+    "MV2H": "mv2h",
+}
 
 
 def mv2h(truth_txt: Path, est_txt: Path, classes: Path, timeout_s: float) -> dict:
@@ -199,8 +219,12 @@ def mv2h(truth_txt: Path, est_txt: Path, classes: Path, timeout_s: float) -> dic
             proc.kill()
             proc.wait()
             reader.join()
-            return {"timeout": True, "timeout_s": timeout_s, "alignments": total or None,
-                    "stopped_after_s": round(elapsed, 1)}
+            return {
+                "timeout": True,
+                "timeout_s": timeout_s,
+                "alignments": total or None,
+                "stopped_after_s": round(elapsed, 1),
+            }
     reader.join()
     output = bytes(tail).decode(errors="replace")
     found = dict(_MV2H_LINE.findall(output))
@@ -304,10 +328,17 @@ def readability(xml: Path) -> Readability:
         beats, beat_type = ts.split("/")
         first_measure_ql = sum(float(b) for b in beats.split("+")) * 4.0 / float(beat_type)
     return Readability(
-        title=title, composer=composer, time_signature=ts, fifths=fifths,
-        measures=len(parts[0].findall("measure")) if parts else 0, noteheads=heads, tied=tied, short=short,
+        title=title,
+        composer=composer,
+        time_signature=ts,
+        fifths=fifths,
+        measures=len(parts[0].findall("measure")) if parts else 0,
+        noteheads=heads,
+        tied=tied,
+        short=short,
         voices_per_staff=float(np.mean(voice_counts)) if voice_counts else 0.0,
-        first_implicit=first_implicit, first_measure_ql=first_measure_ql,
+        first_implicit=first_implicit,
+        first_measure_ql=first_measure_ql,
     )
 
 
@@ -335,8 +366,9 @@ class Truth:
     beat_s: float  # the truth's beat at its first tempo, for the barline tolerance
 
 
-def _measure(xml: Path, offset_s: float, workdir: Path, mv2h_classes: Path,
-             ref_iv: np.ndarray, ref_p: np.ndarray) -> tuple[dict, Readability, Playback, Path]:
+def _measure(
+    xml: Path, offset_s: float, workdir: Path, mv2h_classes: Path, ref_iv: np.ndarray, ref_p: np.ndarray
+) -> tuple[dict, Readability, Playback, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     mid = musescore(xml, workdir / "readback.mid")
     play = playback(mid, offset_s)
@@ -344,7 +376,7 @@ def _measure(xml: Path, offset_s: float, workdir: Path, mv2h_classes: Path,
     text = mv2h_text(mid, workdir / "mv2h.txt", offset_s, mv2h_classes)
     out = {
         "offset_s": offset_s,
-        "n_notes_played": int(len(play.pitches)),
+        "n_notes_played": len(play.pitches),
         **note_f1(ref_iv, ref_p, play.intervals, play.pitches),
         "tempo_initial_bpm": play.initial_bpm,
         "tempo_mean_bpm": play.mean_bpm,
@@ -358,29 +390,41 @@ def _measure(xml: Path, offset_s: float, workdir: Path, mv2h_classes: Path,
     return out, read, play, text
 
 
-def measure_truth(xml: Path, lead_in_s: float, ref_iv: np.ndarray, ref_p: np.ndarray, workdir: Path,
-                  mv2h_classes: Path) -> tuple[dict, Truth]:
+def measure_truth(
+    xml: Path, lead_in_s: float, ref_iv: np.ndarray, ref_p: np.ndarray, workdir: Path, mv2h_classes: Path
+) -> tuple[dict, Truth]:
     """The truth score through the same route: its figures, and the :class:`Truth` for the others.
     Its read-back F1 against the render checks the route itself (1.0 but where MuseScore does
     not re-strike a pitch still held in another voice of the same staff)."""
     out, read, play, text = _measure(xml, lead_in_s, workdir, mv2h_classes, ref_iv, ref_p)
-    out["mv2h"] = {k: 1.0 for k in MV2H_KEYS}
-    truth = Truth(ref_iv, ref_p, text, read.time_signature, read.fifths, play.mean_bpm, out["first_barline_s"],
-                  60.0 / play.initial_bpm * beat_ql(read.time_signature))
+    out["mv2h"] = dict.fromkeys(MV2H_KEYS, 1.0)
+    truth = Truth(
+        ref_iv,
+        ref_p,
+        text,
+        read.time_signature,
+        read.fifths,
+        play.mean_bpm,
+        out["first_barline_s"],
+        60.0 / play.initial_bpm * beat_ql(read.time_signature),
+    )
     return out, truth
 
 
-def measure_score(xml: Path, offset_s: float, truth: Truth, workdir: Path, mv2h_classes: Path,
-                  mv2h_timeout_s: float) -> dict:
+def measure_score(
+    xml: Path, offset_s: float, truth: Truth, workdir: Path, mv2h_classes: Path, mv2h_timeout_s: float
+) -> dict:
     """Every metric of one transcribed score against ``truth``."""
     out, read, play, text = _measure(xml, offset_s, workdir, mv2h_classes, truth.intervals, truth.pitches)
     out["mv2h"] = mv2h(truth.mv2h_txt, text, mv2h_classes, mv2h_timeout_s)
     error_s = out["first_barline_s"] - truth.first_barline_s
-    out.update({
-        "time_signature_ok": read.time_signature == truth.time_signature,
-        "key_ok": read.fifths == truth.fifths,
-        "tempo_ok": bool(abs(play.mean_bpm - truth.mean_bpm) <= 0.04 * truth.mean_bpm),
-        "first_barline_error_s": error_s,
-        "first_barline_ok": bool(abs(error_s) <= max(0.1, truth.beat_s / 4)),
-    })
+    out.update(
+        {
+            "time_signature_ok": read.time_signature == truth.time_signature,
+            "key_ok": read.fifths == truth.fifths,
+            "tempo_ok": bool(abs(play.mean_bpm - truth.mean_bpm) <= 0.04 * truth.mean_bpm),
+            "first_barline_error_s": error_s,
+            "first_barline_ok": bool(abs(error_s) <= max(0.1, truth.beat_s / 4)),
+        }
+    )
     return out

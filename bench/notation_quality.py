@@ -38,7 +38,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -71,9 +71,15 @@ def make_pipeline(config_path: str | None):
     from rescored_ray.config import load_config
     from rescored_ray.pipeline import Pipeline
 
-    cfg = load_config(config_path, overrides={
-        "separation": {"model": "none"}, "transcription": {"stems": ["mix"]},
-        "write_stems": False, "write_preview": False})
+    cfg = load_config(
+        config_path,
+        overrides={
+            "separation": {"model": "none"},
+            "transcription": {"stems": ["mix"]},
+            "write_stems": False,
+            "write_preview": False,
+        },
+    )
     return Pipeline(cfg)
 
 
@@ -99,7 +105,12 @@ def transcribe_cached(pipeline, piece: devset.DevPiece, stems: dict, cache: Path
 def truth_notes(piece: devset.DevPiece) -> dict:
     from rescored_ray.types import Note
 
-    return {"mix": [Note(float(a), float(b), int(p), 80, "mix") for (a, b), p in zip(piece.intervals, piece.pitches)]}
+    return {
+        "mix": [
+            Note(float(a), float(b), int(p), 80, "mix")
+            for (a, b), p in zip(piece.intervals, piece.pitches, strict=False)
+        ]
+    }
 
 
 def run_ours(pipeline, piece: devset.DevPiece, oracle: bool, out_dir: Path, cache: Path) -> dict:
@@ -112,15 +123,19 @@ def run_ours(pipeline, piece: devset.DevPiece, oracle: bool, out_dir: Path, cach
         transcribed = time.perf_counter()
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        pipeline.write(f"bench-{piece.spec.name}", str(piece.wav), about.title, audio, stems, notes, out_dir,
-                       artist=about.artist)
+        pipeline.write(
+            f"bench-{piece.spec.name}", str(piece.wav), about.title, audio, stems, notes, out_dir, artist=about.artist
+        )
         written = json.loads((out_dir / "result.json").read_text())
-    except Exception as exc:  # noqa: BLE001 - one piece failing is a result, not a crash
+    except Exception as exc:
         return _error(exc)
-    return {"xml": str(out_dir / "score.musicxml"), "offset_s": float(written["time_offset_s"]),
-            "result": {k: written.get(k) for k in ("tempo_bpm", "time_signature", "key", "title", "n_notes",
-                                                    "warnings")},
-            "notation_s": time.perf_counter() - transcribed, "n_notes_in": sum(len(v) for v in notes.values())}
+    return {
+        "xml": str(out_dir / "score.musicxml"),
+        "offset_s": float(written["time_offset_s"]),
+        "result": {k: written.get(k) for k in ("tempo_bpm", "time_signature", "key", "title", "n_notes", "warnings")},
+        "notation_s": time.perf_counter() - transcribed,
+        "n_notes_in": sum(len(v) for v in notes.values()),
+    }
 
 
 # --------------------------------------------------------------------------- baseline
@@ -132,7 +147,10 @@ def _notes_midi(piece: devset.DevPiece, path: Path) -> None:
 
     pm = pretty_midi.PrettyMIDI(initial_tempo=120.0)
     inst = pretty_midi.Instrument(program=0)
-    inst.notes = [pretty_midi.Note(80, int(p), float(a), float(b)) for (a, b), p in zip(piece.intervals, piece.pitches)]
+    inst.notes = [
+        pretty_midi.Note(80, int(p), float(a), float(b))
+        for (a, b), p in zip(piece.intervals, piece.pitches, strict=False)
+    ]
     pm.instruments.append(inst)
     pm.write(str(path))
 
@@ -173,7 +191,7 @@ def run_baseline(piece: devset.DevPiece, oracle: bool, cache: Path) -> dict:
             ev.musescore(mid, xml)
             played = ev.musescore(xml, out / "readback.mid")
             meta.write_text(json.dumps({"offset_s": _first_onset(mid) - _first_onset(played)}))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return _error(exc)
     return {"xml": str(xml), "offset_s": json.loads(meta.read_text())["offset_s"]}
 
@@ -186,8 +204,7 @@ def _eval_key(xml: Path, offset_s: float, truth_key: str, extra: str = "") -> st
     return _sha(xml.read_bytes() + f"|{offset_s:.6f}|{truth_key}|{extra}".encode() + code)[:24]
 
 
-def measure_piece(piece: devset.DevPiece, made: dict[str, dict], cache: Path, classes: Path,
-                  timeout_s: float) -> dict:
+def measure_piece(piece: devset.DevPiece, made: dict[str, dict], cache: Path, classes: Path, timeout_s: float) -> dict:
     """Truth, ours and baseline metrics of one piece; every failure becomes that system's error."""
     row: dict = {"piece": piece.spec.name}
     truth_key = json.loads((piece.truth_xml.parent / "truth.json").read_text())["key"]
@@ -198,14 +215,19 @@ def measure_piece(piece: devset.DevPiece, made: dict[str, dict], cache: Path, cl
         if tfile.is_file():
             saved = json.loads(tfile.read_text())
         else:
-            metrics, truth = ev.measure_truth(piece.truth_xml, piece.lead_in_s, piece.intervals, piece.pitches,
-                                              tdir, classes)
-            saved = {"metrics": metrics, "truth": {k: getattr(truth, k) for k in (
-                "time_signature", "fifths", "mean_bpm", "first_barline_s", "beat_s")}}
+            metrics, truth = ev.measure_truth(
+                piece.truth_xml, piece.lead_in_s, piece.intervals, piece.pitches, tdir, classes
+            )
+            saved = {
+                "metrics": metrics,
+                "truth": {
+                    k: getattr(truth, k) for k in ("time_signature", "fifths", "mean_bpm", "first_barline_s", "beat_s")
+                },
+            }
             tfile.write_text(json.dumps(saved))
         row["truth"] = saved["metrics"]
         truth = ev.Truth(piece.intervals, piece.pitches, tdir / "mv2h.txt", **saved["truth"])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         row["truth"] = _error(exc)
         for system in ("ours", "baseline"):
             row[system] = {"error": "truth could not be measured"}
@@ -226,7 +248,7 @@ def measure_piece(piece: devset.DevPiece, made: dict[str, dict], cache: Path, cl
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(metrics))
             row[system] = metrics | {k: v for k, v in src.items() if k in ("result", "notation_s", "n_notes_in")}
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             row[system] = _error(exc)
     return row
 
@@ -237,8 +259,11 @@ def render_pages(piece: devset.DevPiece, made: dict[str, dict], pages: Path, our
     from PIL import Image
 
     pages.mkdir(parents=True, exist_ok=True)
-    sources = {"truth": str(piece.truth_xml), ours_label: made["ours"].get("xml"),
-               "baseline": made["baseline"].get("xml")}
+    sources = {
+        "truth": str(piece.truth_xml),
+        ours_label: made["ours"].get("xml"),
+        "baseline": made["baseline"].get("xml"),
+    }
     for label, xml in sources.items():
         if not xml:
             continue
@@ -264,10 +289,12 @@ def _check_tools(cache: Path) -> Path:
 def _git_revision() -> str:
     """Commit of the checkout, and whether rescored_ray/ differs from it."""
     try:
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "rescored_ray"],
-                               capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "rescored_ray"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         rev, dirty = "", ""
     if not rev:
@@ -304,10 +331,29 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     pieces = [devset.load(s, args.cache) for s in specs]
     timings["dev set (renders unless cached)"] = time.perf_counter() - t
-    devset_header = ["piece", "source", "meter", "pickup (quarters)", "texture", "instrument", "tempo (quarter bpm)",
-                     "seconds"]
-    devset_rows = [[d["piece"], d["source"], d["meter"], f"{d['pickup_ql']:g}", d["texture"], d["instrument"],
-                    d["tempo_bpm"], f"{d['seconds']:.1f}"] for d in map(devset.describe, pieces)]
+    devset_header = [
+        "piece",
+        "source",
+        "meter",
+        "pickup (quarters)",
+        "texture",
+        "instrument",
+        "tempo (quarter bpm)",
+        "seconds",
+    ]
+    devset_rows = [
+        [
+            d["piece"],
+            d["source"],
+            d["meter"],
+            f"{d['pickup_ql']:g}",
+            d["texture"],
+            d["instrument"],
+            d["tempo_bpm"],
+            f"{d['seconds']:.1f}",
+        ]
+        for d in map(devset.describe, pieces)
+    ]
     if args.list:
         print(report.text_table(devset_header, devset_rows))
         return 0
@@ -329,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     with cf.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(measure_piece, p, made[p.spec.name], args.cache, classes, args.mv2h_timeout)
-                   for p in pieces]
+        futures = [
+            pool.submit(measure_piece, p, made[p.spec.name], args.cache, classes, args.mv2h_timeout) for p in pieces
+        ]
         rows = [f.result() for f in futures]
         if args.pages:
             list(pool.map(lambda p: render_pages(p, made[p.spec.name], args.pages, mode), pieces))
@@ -341,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     goal_rows = report.goals(summaries["ours"], summaries["truth"])
     label = "rescored-ray (oracle notes)" if args.oracle else "rescored-ray"
     base_label = "truth notes MIDI opened in MuseScore" if args.oracle else "stock Basic Pitch MIDI opened in MuseScore"
-    piece_rows = [report.piece_cells(r["piece"], s if s != "ours" else mode, r.get(s)) for r in rows
-                  for s in report.SYSTEMS]
+    piece_rows = [
+        report.piece_cells(r["piece"], s if s != "ours" else mode, r.get(s)) for r in rows for s in report.SYSTEMS
+    ]
     summary_header = ["", label, base_label, "truth"]
 
     print(f"# notation quality, {mode}: {len(pieces)} pieces, code {_git_revision()}")
@@ -356,32 +404,51 @@ def main(argv: list[str] | None = None) -> int:
     print(f"goals (issue 13), {label}:")
     print(report.text_table(["goal", "value", "target", ""], report.goal_cells(goal_rows)))
     print()
-    print("tempo: the score's mean quarter-note tempo (quarter notes over its playing time) against the truth's; "
-          "for drift pieces the truth's mean over the tempo map")
+    print(
+        "tempo: the score's mean quarter-note tempo (quarter notes over its playing time) against the truth's; "
+        "for drift pieces the truth's mean over the tempo map"
+    )
     print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
 
     command = "bench/notation_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "mode": mode, "command": command, "code": _git_revision(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "devset": [devset.describe(p) for p in pieces], "pieces": rows, "summary": summaries,
-            "goals": goal_rows, "timings_s": timings}, indent=1, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "mode": mode,
+                    "command": command,
+                    "code": _git_revision(),
+                    "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "devset": [devset.describe(p) for p in pieces],
+                    "pieces": rows,
+                    "summary": summaries,
+                    "goals": goal_rows,
+                    "timings_s": timings,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text("\n\n".join([
-            f"### Notation quality ({mode}): `{command.strip()}`",
-            f"{datetime.now(timezone.utc):%Y-%m-%d}, code {_git_revision()}, {len(pieces)} dev-set pieces.",
-            report.markdown_table(summary_header, report.summary_cells(summaries)),
-            f"Goals (issue 13), {label}:",
-            report.markdown_table(["goal", "value", "target", ""], report.goal_cells(goal_rows)),
-            "Per piece:",
-            report.markdown_table(report.PIECE_COLUMNS, piece_rows),
-            *(["Failures:", "\n".join(f"- {f}" for f in failed)] if failed else []),
-            "Dev set:",
-            report.markdown_table(devset_header, devset_rows),
-        ]) + "\n")
+        args.markdown.write_text(
+            "\n\n".join(
+                [
+                    f"### Notation quality ({mode}): `{command.strip()}`",
+                    f"{datetime.now(UTC):%Y-%m-%d}, code {_git_revision()}, {len(pieces)} dev-set pieces.",
+                    report.markdown_table(summary_header, report.summary_cells(summaries)),
+                    f"Goals (issue 13), {label}:",
+                    report.markdown_table(["goal", "value", "target", ""], report.goal_cells(goal_rows)),
+                    "Per piece:",
+                    report.markdown_table(report.PIECE_COLUMNS, piece_rows),
+                    *(["Failures:", "\n".join(f"- {f}" for f in failed)] if failed else []),
+                    "Dev set:",
+                    report.markdown_table(devset_header, devset_rows),
+                ]
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -41,7 +41,7 @@ def main() -> None:
         notes = transcriber.transcribe(audio)
         transcribe_s = time.perf_counter() - started
 
-        def notate_and_write():
+        def notate_and_write(notes=notes, audio=audio):
             result = notation.notate({"mix": notes}, config, audio=audio.samples, sample_rate=audio.sample_rate)
             with tempfile.TemporaryDirectory() as tmp:
                 notation.write_musicxml(result.score, Path(tmp) / "score.musicxml")
@@ -55,8 +55,10 @@ def main() -> None:
             runs.append(time.perf_counter() - started)
         notation_s = statistics.median(runs)
         total = decode_s + transcribe_s + notation_s
-        print(f"{Path(path).name:<22}{audio.duration_s:>8.1f}{result.n_notes:>7}{notation_s:>12.3f}"
-              f"{notation_s / (audio.duration_s / 60):>15.3f}{100 * notation_s / total:>15.0f}%")
+        print(
+            f"{Path(path).name:<22}{audio.duration_s:>8.1f}{result.n_notes:>7}{notation_s:>12.3f}"
+            f"{notation_s / (audio.duration_s / 60):>15.3f}{100 * notation_s / total:>15.0f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rescored_ray.notation.meter import (  # noqa: E402
-    FEATURES, METERS, MODEL_PATH, UNITS_PER_EIGHTH, Meter, MeterModel, TatumNotes, _bar, hypotheses)
+    FEATURES,
+    METERS,
+    MODEL_PATH,
+    UNITS_PER_EIGHTH,
+    Meter,
+    MeterModel,
+    TatumNotes,
+    _bar,
+    hypotheses,
+)
 
 JITTER_TATUMS = 0.18
 TEXTURE_COPIES = 4
@@ -64,8 +73,7 @@ def _excluded() -> set[str]:
     names = {str(p) for k, p in enumerate(bach) if k % 37 in HELD_OUT_MOD37}
     from bench.notation_devset import DEV_SET  # the benchmark's pieces are not for training
 
-    dev = {spec.source.rsplit(".", 1)[0] if "." in spec.source.rsplit("/", 1)[-1] else spec.source
-           for spec in DEV_SET}
+    dev = {spec.source.rsplit(".", 1)[0] if "." in spec.source.rsplit("/", 1)[-1] else spec.source for spec in DEV_SET}
     for path in corpus.getPaths():
         rel = str(path).split("/corpus/", 1)[-1].rsplit(".", 1)[0]
         if rel in dev:
@@ -107,8 +115,11 @@ def _piece_from_score(name: str, score) -> Piece | None:
         return None
     bar_ql = Fraction(ts[0].barDuration.quarterLength)
     first_len = Fraction(measures[0].duration.quarterLength).limit_denominator(64)
-    downbeat_ql = Fraction(measures[1].offset).limit_denominator(64) if 0 < first_len < bar_ql else Fraction(
-        measures[0].offset).limit_denominator(64)
+    downbeat_ql = (
+        Fraction(measures[1].offset).limit_denominator(64)
+        if 0 < first_len < bar_ql
+        else Fraction(measures[0].offset).limit_denominator(64)
+    )
     rows = []
     for part in parts:
         for n in part.stripTies().flatten().notes:
@@ -122,8 +133,15 @@ def _piece_from_score(name: str, score) -> Piece | None:
         return None
     rows.sort()
     arr = np.array(rows)
-    return Piece(name=name, meter=meter, onset=arr[:, 0], end=arr[:, 1], pitch=arr[:, 2].astype(int),
-                 downbeat=float(downbeat_ql * per_ql), bar_eighths=meter.bar_tatums)
+    return Piece(
+        name=name,
+        meter=meter,
+        onset=arr[:, 0],
+        end=arr[:, 1],
+        pitch=arr[:, 2].astype(int),
+        downbeat=float(downbeat_ql * per_ql),
+        bar_eighths=meter.bar_tatums,
+    )
 
 
 CACHE = ROOT / "bench" / ".cache" / "meter_pieces.pkl"
@@ -138,8 +156,19 @@ def collect(limit: int | None = None) -> list[Piece]:
     pieces = _collect(limit)
     if limit is None:
         CACHE.parent.mkdir(parents=True, exist_ok=True)
-        rows = [(p.name, (p.meter.beat_tatums, p.meter.beats_per_bar), p.onset, p.end, p.pitch, p.downbeat,
-                 p.bar_eighths, p.texture) for p in pieces]
+        rows = [
+            (
+                p.name,
+                (p.meter.beat_tatums, p.meter.beats_per_bar),
+                p.onset,
+                p.end,
+                p.pitch,
+                p.downbeat,
+                p.bar_eighths,
+                p.texture,
+            )
+            for p in pieces
+        ]
         CACHE.write_bytes(pickle.dumps(rows))
     return pieces
 
@@ -155,9 +184,28 @@ def balanced(pieces: list[Piece], per_meter: int, rng: np.random.Generator) -> l
     return out
 
 
-TEXTURE_COMPOSERS = ("beethoven", "haydn", "mozart", "schumann_robert", "schumann_clara", "chopin", "corelli",
-                     "cpebach", "handel", "weber", "verdi", "beach", "liliuokalani", "schubert", "monteverdi",
-                     "trecento", "leadSheet", "miscFolk", "airdsAirs", "demos")
+TEXTURE_COMPOSERS = (
+    "beethoven",
+    "haydn",
+    "mozart",
+    "schumann_robert",
+    "schumann_clara",
+    "chopin",
+    "corelli",
+    "cpebach",
+    "handel",
+    "weber",
+    "verdi",
+    "beach",
+    "liliuokalani",
+    "schubert",
+    "monteverdi",
+    "trecento",
+    "leadSheet",
+    "miscFolk",
+    "airdsAirs",
+    "demos",
+)
 """Instrumental and vocal textures beside the chorales and folk tunes: melody over an
 accompaniment, quartets, madrigals (few pieces, so each is used several times)."""
 
@@ -178,7 +226,7 @@ def _collect(limit: int | None) -> list[Piece]:
             continue
         try:
             parsed = corpus.parse(path)
-        except Exception:  # noqa: BLE001 - a corpus file music21 cannot read is skipped
+        except Exception:
             continue
         for i, score in enumerate(getattr(parsed, "scores", None) or [parsed]):
             if len(score.parts) > 6:
@@ -213,7 +261,7 @@ def noisy(piece: Piece, rng: np.random.Generator) -> tuple[TatumNotes, int]:
     on = np.maximum(on, 0)
     notes = TatumNotes.from_arrays(on, end, pitch)
     first = int(notes.onset.min())
-    return notes, int(round(piece.downbeat * u)) - first
+    return notes, round(piece.downbeat * u) - first
 
 
 def dataset(pieces: list[Piece], copies: int, seed: int):
@@ -259,9 +307,15 @@ def fit(xs: list[np.ndarray], ys: list[int], hidden: int = 16, l2: float = 1e-3,
         g = p
         g[np.arange(n), y] -= 1
         g /= n
-        dz = g[:, :, None] * w2 * (1 - z ** 2)
-        grad = np.concatenate([np.einsum("ehd,ehk->dk", xn, dz).ravel(), dz.sum(axis=(0, 1)),
-                               np.einsum("eh,ehk->k", g, z), np.einsum("eh,ehd->d", g, xn)])
+        dz = g[:, :, None] * w2 * (1 - z**2)
+        grad = np.concatenate(
+            [
+                np.einsum("ehd,ehk->dk", xn, dz).ravel(),
+                dz.sum(axis=(0, 1)),
+                np.einsum("eh,ehk->k", g, z),
+                np.einsum("eh,ehd->d", g, xn),
+            ]
+        )
         return value, grad + 2 * l2 * theta
 
     theta0 = np.random.default_rng(seed).normal(0, 0.1, sum(sizes))
@@ -272,7 +326,7 @@ def fit(xs: list[np.ndarray], ys: list[int], hidden: int = 16, l2: float = 1e-3,
 
 def accuracy(model: MeterModel, xs, ys, hyps) -> dict:
     meter_ok = phase_ok = 0
-    for x, y in zip(xs, ys):
+    for x, y in zip(xs, ys, strict=False):
         best = int(np.argmax(model.scores(x)))
         meter_ok += hyps[best][0] == hyps[y][0]
         phase_ok += best == y
@@ -314,16 +368,21 @@ def main() -> None:
     if args.cv_only:
         return
     model = fit(xs, ys)
-    MODEL_PATH.write_text(json.dumps({
-        "about": "meter model (one hidden layer beside a linear term), fitted by bench/train_meter.py "
-                 "on music21's corpus",
-        "date": dt.date.today().isoformat(),
-        "pieces": len(pieces),
-        "pieces_by_meter": by_meter,
-        "examples": len(xs),
-        "cv": {"folds": args.folds, "meter": round(meter_acc, 4), "meter_and_phase": round(phase_acc, 4)},
-        "model": model.to_dict(),
-    }) + "\n")
+    MODEL_PATH.write_text(
+        json.dumps(
+            {
+                "about": "meter model (one hidden layer beside a linear term), fitted by bench/train_meter.py "
+                "on music21's corpus",
+                "date": dt.date.today().isoformat(),
+                "pieces": len(pieces),
+                "pieces_by_meter": by_meter,
+                "examples": len(xs),
+                "cv": {"folds": args.folds, "meter": round(meter_acc, 4), "meter_and_phase": round(phase_acc, 4)},
+                "model": model.to_dict(),
+            }
+        )
+        + "\n"
+    )
     print(f"wrote {MODEL_PATH.relative_to(ROOT)} ({time.time() - t0:.0f} s)")
 
 

@@ -80,7 +80,8 @@ class NotationConfig(Section):
     key_override: str | None = None
     time_signature: str = Field("auto", description="auto (detected from the music), or e.g. 3/4, 6/8, 2/2.")
     divisions_per_quarter: int = Field(
-        4, ge=1, le=12, description="Finest onset grid: 4 = sixteenths (and eighth triplets), 8 = thirty-seconds.")
+        4, ge=1, le=12, description="Finest onset grid: 4 = sixteenths (and eighth triplets), 8 = thirty-seconds."
+    )
     min_note_ms: float = Field(60.0, ge=0, description="Notes shorter than this are dropped.")
     merge_gap_ms: float = Field(40.0, ge=0, description="Same-pitch fragments closer than this are merged.")
     lowest_pitch: int = Field(21, ge=0, le=127)

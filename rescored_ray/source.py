@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,8 +306,7 @@ def fetch(
     if source.kind == "local":
         path = Path(source.location)
         tags = _file_tags(path)
-        return FetchedAudio(path=path, source=source, title=tags.get("title") or path.stem,
-                            artist=tags.get("artist"))
+        return FetchedAudio(path=path, source=source, title=tags.get("title") or path.stem, artist=tags.get("artist"))
     refuse_playlist(source, STAGE)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -334,7 +333,7 @@ def fetch(
     )
 
 
-def _first_text(mapping: dict, keys: tuple[str, ...]) -> str | None:
+def _first_text(mapping: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     for k in keys:
         value = mapping.get(k)
         if isinstance(value, str) and value.strip():
@@ -352,7 +351,7 @@ def _file_tags(path: Path) -> dict[str, str]:
             tags = {k.lower(): v for k, v in container.metadata.items()}
             for stream in container.streams.audio[:1]:
                 tags = {**{k.lower(): v for k, v in stream.metadata.items()}, **tags}
-    except Exception:  # noqa: BLE001 - tags are a nicety; a bad file fails in decode
+    except Exception:
         return {}
     return {k: v for k in ("title", "artist") if (v := _first_text(tags, (k,)))}
 
@@ -447,6 +446,19 @@ def _downloaded_file(info: dict[str, Any], workdir: Path, logger: _YtdlpLogger) 
 
 
 def _public_info(info: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "title", "duration", "uploader", "artist", "creator", "channel", "webpage_url", "extractor",
-            "ext", "acodec", "abr", "filesize")
+    keys = (
+        "id",
+        "title",
+        "duration",
+        "uploader",
+        "artist",
+        "creator",
+        "channel",
+        "webpage_url",
+        "extractor",
+        "ext",
+        "acodec",
+        "abr",
+        "filesize",
+    )
     return {key: info.get(key) for key in keys if info.get(key) is not None}

@@ -27,36 +27,37 @@ import wave
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "SAMPLE_RATE",
+    "CONTENT_TYPES",
     "FORMATS",
+    "SAMPLE_RATE",
+    "FeedItem",
+    "MediaServer",
     "RenderedPiece",
-    "find_soundfont",
-    "find_fluidsynth",
-    "render_chorale",
-    "render_band_mix",
+    "RequestRecord",
     "TempoMap",
-    "load_score",
-    "prepare_score",
-    "render_score",
-    "encode",
     "available_encoders",
     "decode_info",
-    "read_wav",
-    "write_wav",
-    "make_long_mp3",
-    "split_mp3_frames",
-    "make_broken_inputs",
+    "encode",
+    "find_fluidsynth",
+    "find_soundfont",
     "has_xing_header",
+    "load_score",
+    "make_broken_inputs",
+    "make_long_mp3",
+    "prepare_score",
     "read_truth_csv",
-    "MediaServer",
-    "RequestRecord",
-    "CONTENT_TYPES",
-    "FeedItem",
+    "read_wav",
+    "render_band_mix",
+    "render_chorale",
+    "render_score",
+    "split_mp3_frames",
     "write_rss_feed",
+    "write_wav",
 ]
 
 SAMPLE_RATE = 44100
@@ -111,8 +112,7 @@ def find_fluidsynth() -> str:
     exe = shutil.which("fluidsynth")
     if not exe:
         raise RuntimeError(
-            "The `fluidsynth` program is needed to render test audio: "
-            "`apt-get install fluidsynth fluid-soundfont-gm`."
+            "The `fluidsynth` program is needed to render test audio: `apt-get install fluidsynth fluid-soundfont-gm`."
         )
     return exe
 
@@ -152,11 +152,11 @@ class RenderedPiece:
     sample_rate: int = SAMPLE_RATE
     channels: int = 2
     extra: dict = field(default_factory=dict)
-    tempo_map: "TempoMap | None" = None  # set by render_score; tempo_bpm is then its first tempo
+    tempo_map: TempoMap | None = None  # set by render_score; tempo_bpm is then its first tempo
 
     @property
     def n_notes(self) -> int:
-        return int(len(self.pitches))
+        return len(self.pitches)
 
     @property
     def onsets(self) -> np.ndarray:
@@ -194,7 +194,7 @@ class RenderedPiece:
         return out
 
     def truth_rows(self) -> list[tuple[float, float, int]]:
-        return [(float(a), float(b), int(p)) for (a, b), p in zip(self.intervals, self.pitches)]
+        return [(float(a), float(b), int(p)) for (a, b), p in zip(self.intervals, self.pitches, strict=False)]
 
     def write_truth_csv(self, path: str | os.PathLike) -> Path:
         """``onset_s,offset_s,pitch`` with a header row, 6 decimals."""
@@ -209,7 +209,8 @@ class RenderedPiece:
 
 def read_truth_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of :meth:`RenderedPiece.write_truth_csv`: (intervals, pitches)."""
-    rows = list(csv.DictReader(Path(path).open()))
+    with Path(path).open() as f:
+        rows = list(csv.DictReader(f))
     iv = np.array([[float(r["onset_s"]), float(r["offset_s"])] for r in rows]).reshape(-1, 2)
     p = np.array([int(r["pitch"]) for r in rows], dtype=int)
     return iv, p
@@ -269,8 +270,9 @@ def _score_voices(score) -> tuple[list[tuple[str, list[tuple[float, float, int]]
     return voices, moffs, ts_str, pickup
 
 
-def _cut_ql(moffs: list[float], total_ql: float, spb: float, lead_in_s: float, tail_s: float,
-            max_seconds: float | None) -> float:
+def _cut_ql(
+    moffs: list[float], total_ql: float, spb: float, lead_in_s: float, tail_s: float, max_seconds: float | None
+) -> float:
     """Score position (ql) to stop at so that the WAV is at most max_seconds long.
 
     Prefers the last barline that fits; falls back to the exact time.
@@ -318,8 +320,8 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise ValueError(f"{path}: not a RIFF/WAVE file")
     pos, fmt, payload = 12, None, None
     while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        body = data[pos + 8:pos + 8 + size]
+        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        body = data[pos + 8 : pos + 8 + size]
         if cid == b"fmt ":
             tag, ch, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
             if tag == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: subformat GUID starts at 24
@@ -377,7 +379,7 @@ def _render(
     tempo_bpm: float,
     end_s: float,
     tail_s: float,
-    soundfont: Path | None,
+    soundfont: str | os.PathLike | None,
     gain: float,
     normalize_dbfs: float | None,
     meta: dict,
@@ -420,8 +422,28 @@ def _render(
     drums.sort()
 
     raw = out_dir / f".{name}.fluidsynth.wav"
-    cmd = [exe, "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", str(gain), "-r", str(SAMPLE_RATE),
-           "-T", "wav", "-O", "float", "-F", str(raw), str(sf), str(midi_path)]
+    cmd = [
+        exe,
+        "-n",
+        "-i",
+        "-q",
+        "-R",
+        "0",
+        "-C",
+        "0",
+        "-g",
+        str(gain),
+        "-r",
+        str(SAMPLE_RATE),
+        "-T",
+        "wav",
+        "-O",
+        "float",
+        "-F",
+        str(raw),
+        str(sf),
+        str(midi_path),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if res.returncode != 0 or not raw.exists():
         raise RuntimeError(f"fluidsynth failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr[-2000:]}")
@@ -430,10 +452,10 @@ def _render(
     assert rate == SAMPLE_RATE and x.shape[1] == 2, (rate, x.shape)
 
     # Keep a fixed release tail after the last note-off, fade the last 50 ms.
-    n_keep = min(len(x), int(round((end_s + tail_s) * rate)))
+    n_keep = min(len(x), round((end_s + tail_s) * rate))
     x = x[:n_keep].astype(np.float64)
     fade = min(int(0.05 * rate), n_keep)
-    x[n_keep - fade:] *= np.linspace(1.0, 0.0, fade)[:, None]
+    x[n_keep - fade :] *= np.linspace(1.0, 0.0, fade)[:, None]
     peak = float(np.abs(x).max())
     if peak == 0:
         raise RuntimeError(f"fluidsynth rendered silence for {midi_path} with {sf}")
@@ -502,16 +524,23 @@ def render_chorale(
     tracks = [t for t in tracks if t[3]]
     end_s = max(n.offset for n in notes)
     return _render(
-        Path(out_dir), name or corpus.rsplit("/", 1)[-1], tracks, tempo_bpm, end_s, tail_s,
-        soundfont, gain, normalize_dbfs,
-        dict(source=corpus, lead_in_s=lead_in_s, time_signature=ts, pickup_beats=pickup),
+        Path(out_dir),
+        name or corpus.rsplit("/", 1)[-1],
+        tracks,
+        tempo_bpm,
+        end_s,
+        tail_s,
+        soundfont,
+        gain,
+        normalize_dbfs,
+        {"source": corpus, "lead_in_s": lead_in_s, "time_signature": ts, "pickup_beats": pickup},
     )
 
 
 def _drum_pattern(start_s: float, end_s: float, spb: float, beats_per_bar: int) -> list[_Note]:
     """Kick on beats 1 (and 3 in 4/4), snare on the other beats, closed hat on eighths."""
     hits = []
-    n_eighths = int(math.floor((end_s - start_s) / (spb / 2) + 1e-9))
+    n_eighths = math.floor((end_s - start_s) / (spb / 2) + 1e-9)
     for k in range(n_eighths):
         t = start_s + k * spb / 2
         hits.append(_Note(t, t + 0.1, CLOSED_HAT, 60 if k % 2 else 75, "Drums"))
@@ -557,11 +586,15 @@ def render_band_mix(
         is_bass = i == bass_idx
         for on, off, p in ns:
             if on < cut - 1e-9:
-                notes.append(_Note(
-                    lead_in_s + on * spb, lead_in_s + min(off, cut) * spb,
-                    p + (bass_transpose if is_bass else 0), 100 if is_bass else 72,
-                    "Bass" if is_bass else "Piano",
-                ))
+                notes.append(
+                    _Note(
+                        lead_in_s + on * spb,
+                        lead_in_s + min(off, cut) * spb,
+                        p + (bass_transpose if is_bass else 0),
+                        100 if is_bass else 72,
+                        "Bass" if is_bass else "Piano",
+                    )
+                )
     notes = _merge_unisons(notes)
     end_s = max(n.offset for n in notes)
     tracks = [
@@ -572,8 +605,16 @@ def render_band_mix(
         beats_per_bar = int(ts.split("/")[0]) if ts.split("/")[0].isdigit() else 4
         tracks.append(("Drums", 0, True, _drum_pattern(lead_in_s + pickup * spb, end_s, spb, beats_per_bar)))
     return _render(
-        Path(out_dir), name, tracks, tempo_bpm, end_s, tail_s, soundfont, gain, normalize_dbfs,
-        dict(source=corpus, lead_in_s=lead_in_s, time_signature=ts, pickup_beats=pickup),
+        Path(out_dir),
+        name,
+        tracks,
+        tempo_bpm,
+        end_s,
+        tail_s,
+        soundfont,
+        gain,
+        normalize_dbfs,
+        {"source": corpus, "lead_in_s": lead_in_s, "time_signature": ts, "pickup_beats": pickup},
     )
 
 
@@ -594,7 +635,7 @@ class TempoMap:
     changes: tuple[tuple[float, float], ...]
 
     @classmethod
-    def across(cls, bar_offsets: list[float], anchors: float | tuple[float, ...], unit: float = 1.0) -> "TempoMap":
+    def across(cls, bar_offsets: list[float], anchors: float | tuple[float, ...], unit: float = 1.0) -> TempoMap:
         """One tempo per bar, piecewise linear through ``anchors`` (quarter-note bpm) spread
         evenly from the first bar to the last: (92, 100) ramps, (88, 100, 90) speeds up and
         slows down. Each tempo is rounded to 0.01 beats per minute of ``unit`` quarter notes
@@ -603,10 +644,13 @@ class TempoMap:
         n = len(bar_offsets)
         if n == 0:
             raise ValueError("no bars")
-        at = np.interp(np.arange(n), np.linspace(0, n - 1, len(anchors)), anchors) if len(anchors) > 1 \
+        at = (
+            np.interp(np.arange(n), np.linspace(0, n - 1, len(anchors)), anchors)
+            if len(anchors) > 1
             else np.full(n, float(anchors[0]))
+        )
         changes: list[tuple[float, float]] = []
-        for offset, bpm in zip(bar_offsets, at):
+        for offset, bpm in zip(bar_offsets, at, strict=False):
             bpm = round(float(bpm) / unit, 2) * unit
             if not changes or changes[-1][1] != bpm:
                 changes.append((float(offset), bpm))
@@ -656,7 +700,7 @@ def _join_split_bars(score) -> None:
         same_voices = all({v.id for v in ms[i].voices} == {v.id for v in ms[i + 1].voices} for ms in bars)
         if la < bar and lb < bar and abs(la + lb - bar) < 1e-9 and same_voices and (not joins or joins[-1] != i - 1):
             joins.append(i)
-    for part, ms in zip(score.parts, bars):
+    for part, ms in zip(score.parts, bars, strict=False):
         for i in reversed(joins):
             a, b = ms[i], ms[i + 1]
             shift = float(a.duration.quarterLength)
@@ -701,15 +745,22 @@ def _end_ties_at(measure) -> None:
     from music21 import tie
 
     for n in measure.recurse().notes:
-        for member in (n.notes if n.isChord else (n,)):
+        for member in n.notes if n.isChord else (n,):
             if member.tie is not None and member.tie.type in ("start", "continue"):
                 member.tie = tie.Tie("stop") if member.tie.type == "continue" else None
         if n.isChord and n.tie is not None and n.tie.type in ("start", "continue"):
             n.tie = tie.Tie("stop") if n.tie.type == "continue" else None
 
 
-def prepare_score(score, *, tempo: float | tuple[float, ...], max_seconds: float | None = None,
-                  lead_in_s: float = 0.25, tail_s: float = 0.5, title: str | None = None):
+def prepare_score(
+    score,
+    *,
+    tempo: float | tuple[float, ...],
+    max_seconds: float | None = None,
+    lead_in_s: float = 0.25,
+    tail_s: float = 0.5,
+    title: str | None = None,
+):
     """A copy of ``score`` made into a ground truth that plays exactly as it is rendered.
 
     Sounding pitch; repeats expanded (a bar split by a repeat joined again); performance
@@ -729,7 +780,7 @@ def prepare_score(score, *, tempo: float | tuple[float, ...], max_seconds: float
     parts = list(score.parts)
     measures = list(parts[0].getElementsByClass(stream.Measure))
     offsets = [float(m.offset) for m in measures]
-    ends = offsets[1:] + [float(parts[0].highestTime)]
+    ends = [*offsets[1:], float(parts[0].highestTime)]
     ts = _time_signature(measures[0])
     compound = ts is not None and ts.numerator % 3 == 0 and ts.numerator > 3
     unit = float(ts.beatDuration.quarterLength) if compound else 1.0
@@ -773,7 +824,7 @@ def _sounding_notes(part) -> list[tuple[float, float, int]]:
         if ql <= 0 or n.duration.isGrace:
             continue
         on = float(n.offset)
-        for member in (n.notes if n.isChord else (n,)):
+        for member in n.notes if n.isChord else (n,):
             tie_mark = member.tie or (n.tie if n.isChord else None)
             heads.append((on, on + ql, int(member.pitch.midi), tie_mark.type if tie_mark else None))
     heads.sort(key=lambda h: (h[0], h[2]))
@@ -829,8 +880,11 @@ def render_score(
         pname = base if base not in names else f"{base} {i + 1}"
         names.append(pname)
         for on, off, pitch in _sounding_notes(part):
-            notes.append(_Note(lead_in_s + tempo_map.seconds(on), lead_in_s + tempo_map.seconds(off),
-                               pitch, velocities[i], pname))
+            notes.append(
+                _Note(
+                    lead_in_s + tempo_map.seconds(on), lead_in_s + tempo_map.seconds(off), pitch, velocities[i], pname
+                )
+            )
     notes = _merge_unisons(notes)
     tracks = [(pname, programs[i], False, [n for n in notes if n.inst == pname]) for i, pname in enumerate(names)]
     tracks = [t for t in tracks if t[3]]
@@ -840,9 +894,22 @@ def render_score(
     first = float(measures[0].duration.quarterLength)
     pickup = first if first < _bar_length(measures[0]) - 1e-9 else 0.0
     return _render(
-        Path(out_dir), name, tracks, tempo_map.initial_bpm, end_s, tail_s, soundfont, gain, normalize_dbfs,
-        dict(source=source, lead_in_s=lead_in_s, time_signature=ts.ratioString if ts else "4/4",
-             pickup_beats=pickup, tempo_map=tempo_map),
+        Path(out_dir),
+        name,
+        tracks,
+        tempo_map.initial_bpm,
+        end_s,
+        tail_s,
+        soundfont,
+        gain,
+        normalize_dbfs,
+        {
+            "source": source,
+            "lead_in_s": lead_in_s,
+            "time_signature": ts.ratioString if ts else "4/4",
+            "pickup_beats": pickup,
+            "tempo_map": tempo_map,
+        },
     )
 
 
@@ -882,7 +949,7 @@ def available_encoders() -> dict[str, bool]:
 def _layout(channels: int):
     import av
 
-    return {1: "mono", 2: "stereo", 6: "5.1"}.get(channels) or av.AudioLayout(channels)
+    return {1: "mono", 2: "stereo", 6: "5.1"}.get(channels) or av.AudioLayout(channels)  # type: ignore[arg-type]
 
 
 def encode(
@@ -983,12 +1050,12 @@ def has_xing_header(path: str | os.PathLike) -> tuple[bool, int | None]:
     if raw[:3] == b"ID3":  # skip an ID3v2 tag (syncsafe size)
         sz = raw[6:10]
         start = 10 + ((sz[0] << 21) | (sz[1] << 14) | (sz[2] << 7) | sz[3])
-    data = raw[start:start + 4096]
+    data = raw[start : start + 4096]
     for tag in (b"Xing", b"Info"):
         i = data.find(tag)
         if i >= 0:
-            flags = struct.unpack(">I", data[i + 4:i + 8])[0]
-            frames = struct.unpack(">I", data[i + 8:i + 12])[0] if flags & 1 else None
+            flags = struct.unpack(">I", data[i + 4 : i + 8])[0]
+            frames = struct.unpack(">I", data[i + 8 : i + 12])[0] if flags & 1 else None
             return True, frames
     return False, None
 
@@ -1004,20 +1071,25 @@ def split_mp3_frames(data: bytes) -> list[bytes]:
     """Split a bare layer-III MPEG audio stream (no ID3 tag) into frames."""
     frames, i = [], 0
     while i + 4 <= len(data):
-        h = int.from_bytes(data[i:i + 4], "big")
+        h = int.from_bytes(data[i : i + 4], "big")
         if h >> 21 != 0x7FF or (h >> 17) & 3 != 1:
             raise ValueError(f"no layer-III frame header at byte {i}")
         ver, br_idx, sr_idx, pad = (h >> 19) & 3, (h >> 12) & 15, (h >> 10) & 3, (h >> 9) & 1
         br = _MP3_BITRATES[1 if ver == 3 else 2][br_idx] * 1000
         rate = _MP3_RATES[ver][sr_idx]
         n = (144 if ver == 3 else 72) * br // rate + pad
-        frames.append(data[i:i + n])
+        frames.append(data[i : i + n])
         i += n
     return frames
 
 
-def make_long_mp3(path: str | os.PathLike, seconds: float = 960.0, sample_rate: int = 8000,
-                  bitrate: int = 8000, level_dbfs: float = -30.0) -> Path:
+def make_long_mp3(
+    path: str | os.PathLike,
+    seconds: float = 960.0,
+    sample_rate: int = 8000,
+    bitrate: int = 8000,
+    level_dbfs: float = -30.0,
+) -> Path:
     """A long, quiet mono tone as constant-bit-rate MP3 (960 s at 8 kb/s ~ 0.96 MB).
 
     Fast: a few seconds are encoded with the bit reservoir off, so every frame
@@ -1049,7 +1121,7 @@ def make_long_mp3(path: str | os.PathLike, seconds: float = 960.0, sample_rate: 
     steady = max(set(frames), key=frames.count)
     first = frames.index(steady)
     last = len(frames) - 1 - frames[::-1].index(steady)
-    head, tail = frames[:first], frames[last + 1:]
+    head, tail = frames[:first], frames[last + 1 :]
     total = math.ceil(seconds * sample_rate / spf)
     middle = total - len(head) - len(tail)
     if frames.count(steady) < 10 or middle < 1:
@@ -1179,7 +1251,7 @@ class RequestRecord:
     status: int
 
 
-def _make_handler(server_obj: "MediaServer"):
+def _make_handler(server_obj: MediaServer):
     import email.utils
     import re
     import time
@@ -1205,8 +1277,7 @@ def _make_handler(server_obj: "MediaServer"):
         # -- helpers -----------------------------------------------------
         def _record(self, status: int):
             with server_obj._lock:
-                server_obj.requests.append(
-                    RequestRecord(self.command, self.path, self.headers.get("Range"), status))
+                server_obj.requests.append(RequestRecord(self.command, self.path, self.headers.get("Range"), status))
 
         def _simple(self, status: int, text: str, head: bool, extra: dict | None = None):
             body = text.encode()
@@ -1274,8 +1345,7 @@ def _make_handler(server_obj: "MediaServer"):
                     else:
                         start, end = max(0, size - int(m[2])), size - 1
                     if start >= size or (not m[1] and int(m[2]) == 0):
-                        return self._simple(416, "range not satisfiable\n", head,
-                                            {"Content-Range": f"bytes */{size}"})
+                        return self._simple(416, "range not satisfiable\n", head, {"Content-Range": f"bytes */{size}"})
                     status = 206
             length = max(0, end - start + 1)
             self._record(status)
@@ -1328,10 +1398,10 @@ class MediaServer:
         self.requests: list[RequestRecord] = []
         self._lock = threading.Lock()
         self._flaky_counts: dict[str, int] = {}
-        self._httpd = None
-        self._thread = None
+        self._httpd: Any = None
+        self._thread: Any = None
 
-    def start(self) -> "MediaServer":
+    def start(self) -> MediaServer:
         import threading
         from http.server import ThreadingHTTPServer
 
@@ -1346,8 +1416,9 @@ class MediaServer:
                     super().handle_error(request, client_address)
 
         self._httpd = _Server((self.host, self._port), _make_handler(self))
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="media-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="media-http", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -1358,7 +1429,7 @@ class MediaServer:
             self._thread.join(timeout=5)
             self._httpd = None
 
-    def __enter__(self) -> "MediaServer":
+    def __enter__(self) -> MediaServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -1405,12 +1476,18 @@ class FeedItem:
 
 
 def _hms(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def write_rss_feed(path: str | os.PathLike, items: list[FeedItem], *, title: str = "Rescored test chorales",
-                   link: str = "http://127.0.0.1/", description: str = "Bach chorales rendered for tests") -> Path:
+def write_rss_feed(
+    path: str | os.PathLike,
+    items: list[FeedItem],
+    *,
+    title: str = "Rescored test chorales",
+    link: str = "http://127.0.0.1/",
+    description: str = "Bach chorales rendered for tests",
+) -> Path:
     """RSS 2.0 podcast feed with <enclosure> and <itunes:duration> per item."""
     from xml.sax.saxutils import escape, quoteattr
 
@@ -1428,9 +1505,9 @@ def write_rss_feed(path: str | os.PathLike, items: list[FeedItem], *, title: str
             "  <item>",
             f"    <title>{escape(it.title)}</title>",
             f"    <description>{escape(it.title)}</description>",
-            f"    <guid isPermaLink=\"false\">{escape(it.guid)}</guid>",
+            f'    <guid isPermaLink="false">{escape(it.guid)}</guid>',
             f"    <pubDate>Mon, {1 + i:02d} Jan 2024 12:00:00 +0000</pubDate>",
-            f"    <enclosure url={quoteattr(it.url)} type={quoteattr(it.mime)} length=\"{it.length}\"/>",
+            f'    <enclosure url={quoteattr(it.url)} type={quoteattr(it.mime)} length="{it.length}"/>',
             f"    <itunes:duration>{_hms(it.duration_s)}</itunes:duration>",
             "  </item>",
         ]

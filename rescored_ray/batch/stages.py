@@ -133,8 +133,12 @@ def acquire_audio(row: dict, config: str) -> dict:
         about, audio = _retrying(cfg, row, attempt)
     except PipelineError as exc:
         return _fail(row, exc)
-    row.update(audio=audio.samples, title=row.get("title") or about.title or "", artist=about.artist or "",
-               duration_s=round(audio.duration_s, 3))
+    row.update(
+        audio=audio.samples,
+        title=row.get("title") or about.title or "",
+        artist=about.artist or "",
+        duration_s=round(audio.duration_s, 3),
+    )
     row.update({f"{stage}_s": round(seconds, 4) for stage, seconds in timeline.seconds().items()})
     return row
 

@@ -24,11 +24,12 @@ no torch; librosa, partitura and verovio load lazily.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from music21 import freezeThaw, metadata, stream
+from music21 import freezeThaw, key, metadata, pitch, stream
 
 from rescored_ray.config import NotationConfig
 from rescored_ray.errors import NonRetryableError, log_unexpected, unexpected
@@ -38,7 +39,7 @@ from rescored_ray.notation.engrave import PartPlan, add_grand_staff, build_part,
 from rescored_ray.notation.export import render_pages, render_svg, write_midi, write_musicxml, write_pdf
 from rescored_ray.notation.meter import METERS, UNITS_PER_EIGHTH, Meter, TatumNotes, choose_meter
 from rescored_ray.notation.parts import plan_parts
-from rescored_ray.notation.rhythm import EIGHTH, TPQ, ScoreGrid, quantise, tempo_marks
+from rescored_ray.notation.rhythm import EIGHTH, TPQ, QNote, ScoreGrid, quantise, tempo_marks
 from rescored_ray.notation.spell import estimate_key_from, key_signature_for, key_str, parse_key, spell
 from rescored_ray.types import Note
 
@@ -47,13 +48,13 @@ __all__ = [
     "clean_notes",
     "estimate_key",
     "estimate_tempo",
-    "parse_key",
     "notate",
-    "write_musicxml",
-    "write_midi",
-    "write_pdf",
-    "render_svg",
+    "parse_key",
     "render_pages",
+    "render_svg",
+    "write_midi",
+    "write_musicxml",
+    "write_pdf",
 ]
 
 STAGE = "notation"
@@ -120,7 +121,7 @@ def estimate_tempo(notes: Sequence[Note], audio: np.ndarray | None = None, sampl
     valid = [n for n in (coerce_note(x) for x in iter_items(notes)) if n is not None]
     try:
         tracked = beats_mod.track_beats(valid, audio, sample_rate)
-    except Exception:  # noqa: BLE001 - an estimate, never a failure
+    except Exception:
         tracked = None
     if tracked is None:
         return DEFAULT_BPM
@@ -152,12 +153,19 @@ def notate(
         return _notate(notes, cfg, audio, sample_rate, title, artist)
     except NonRetryableError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every user-visible failure is a PipelineError
+    except Exception as exc:
         log_unexpected(exc, STAGE)
         raise unexpected(exc, STAGE) from exc
 
 
-def _notate(notes, cfg: NotationConfig, audio, sample_rate, title, artist) -> NotationResult:
+def _notate(
+    notes: Mapping[str, Sequence[Note]] | Sequence[Note],
+    cfg: NotationConfig,
+    audio: np.ndarray | None,
+    sample_rate: int | None,
+    title: str | None,
+    artist: str | None,
+) -> NotationResult:
     warnings: list[str] = []
     fixed_meter = parse_time_signature(cfg.time_signature)
     key_override = parse_key(cfg.key_override) if cfg.key_override else None
@@ -195,11 +203,14 @@ def parse_time_signature(text: str | None) -> Meter | None:
     meter = Meter.parse(str(text))
     if meter is None:
         raise NonRetryableError(
-            f"unsupported time_signature {text!r}: use 'auto' or n/4, n/2, n/8 (e.g. 3/4, 6/8, 2/2)", stage=STAGE)
+            f"unsupported time_signature {text!r}: use 'auto' or n/4, n/2, n/8 (e.g. 3/4, 6/8, 2/2)", stage=STAGE
+        )
     return meter
 
 
-def _clean(notes, cfg: NotationConfig, warnings: list[str]) -> dict[str, list[Note]]:
+def _clean(
+    notes: Mapping[str, Sequence[Note]] | Sequence[Note], cfg: NotationConfig, warnings: list[str]
+) -> dict[str, list[Note]]:
     """Valid notes per stem, inside the one-hour horizon."""
     cleaned: dict[str, list[Note]] = {}
     for stem, items in group_by_stem(notes).items():
@@ -207,8 +218,11 @@ def _clean(notes, cfg: NotationConfig, warnings: list[str]) -> dict[str, list[No
         late = [n for n in kept if n.start_s >= MAX_SCORE_SECONDS]
         if late:
             warnings.append(f"{stem}: dropped {len(late)} notes starting after {MAX_SCORE_SECONDS:g} s")
-        cleaned[stem] = [n if n.end_s <= MAX_SCORE_SECONDS else replace(n, end_s=MAX_SCORE_SECONDS)
-                         for n in kept if n.start_s < MAX_SCORE_SECONDS]
+        cleaned[stem] = [
+            n if n.end_s <= MAX_SCORE_SECONDS else replace(n, end_s=MAX_SCORE_SECONDS)
+            for n in kept
+            if n.start_s < MAX_SCORE_SECONDS
+        ]
     if not cleaned:
         cleaned["mix"] = []
     if not any(cleaned.values()):
@@ -218,8 +232,14 @@ def _clean(notes, cfg: NotationConfig, warnings: list[str]) -> dict[str, list[No
     return cleaned
 
 
-def score_grid(notes: Sequence[Note], cfg: NotationConfig, fixed_meter: Meter | None,
-               audio: np.ndarray | None, sample_rate: int | None, warnings: list[str]) -> ScoreGrid:
+def score_grid(
+    notes: Sequence[Note],
+    cfg: NotationConfig,
+    fixed_meter: Meter | None,
+    audio: np.ndarray | None,
+    sample_rate: int | None,
+    warnings: list[str],
+) -> ScoreGrid:
     """Beats, meter, bar phase and pickup: where every tick of the score falls in the recording."""
     onsets = np.array([n.start_s for n in notes], dtype=np.float64)
     tracked = None
@@ -233,8 +253,11 @@ def score_grid(notes: Sequence[Note], cfg: NotationConfig, fixed_meter: Meter | 
             tracked = beats_mod.track_beats(notes, audio, sample_rate)
             if tracked is None:
                 warnings.append(f"tempo: no steady beat found; writing at {DEFAULT_BPM:g} BPM")
-        eighths = (beats_mod.eighth_grid(tracked, onsets) if tracked is not None
-                   else _constant_eighths(onsets, 30.0 / DEFAULT_BPM))
+        eighths = (
+            beats_mod.eighth_grid(tracked, onsets)
+            if tracked is not None
+            else _constant_eighths(onsets, 30.0 / DEFAULT_BPM)
+        )
     candidates: Sequence[Meter] = METERS
     if fixed_meter is not None:
         candidates = [fixed_meter]
@@ -244,12 +267,15 @@ def score_grid(notes: Sequence[Note], cfg: NotationConfig, fixed_meter: Meter | 
     if not notes:
         return ScoreGrid(eighths, fixed_meter or Meter(2, 4), origin=0, pickup=0, finest=finest)
     units = UNITS_PER_EIGHTH
-    grid_notes = TatumNotes.from_arrays(eighths.position(onsets) * units,
-                                        eighths.position([n.end_s for n in notes]) * units, [n.pitch for n in notes])
+    ends = np.array([n.end_s for n in notes], dtype=np.float64)
+    grid_notes = TatumNotes.from_arrays(
+        eighths.position(onsets) * units, eighths.position(ends) * units, [n.pitch for n in notes]
+    )
     choice = choose_meter(grid_notes, candidates)
     first = int(grid_notes.onset.min())
-    return ScoreGrid(eighths, choice.meter, origin=first / units, pickup=choice.pickup_units * EIGHTH // units,
-                     finest=finest)
+    return ScoreGrid(
+        eighths, choice.meter, origin=first / units, pickup=choice.pickup_units * EIGHTH // units, finest=finest
+    )
 
 
 def _constant_eighths(onsets: np.ndarray, period: float) -> beats_mod.TempoMap:
@@ -263,22 +289,32 @@ def _constant_eighths(onsets: np.ndarray, period: float) -> beats_mod.TempoMap:
     return beats_mod.TempoMap.constant(period, first - period, float(onsets.max()) + 8 * period)
 
 
-def _key_and_spelling(qnotes, key_override):
+def _key_and_spelling(qnotes: list[QNote], key_override: key.Key | None) -> tuple[key.Key, dict[int, pitch.Pitch]]:
+    """The key signature, and each note's spelled pitch (by ``id`` of the note)."""
     if key_override is not None:
         key_sig = key_override
     elif qnotes:
-        key_sig = parse_key(estimate_key_from([q.on for q in qnotes], [q.length for q in qnotes],
-                                              [q.pitch for q in qnotes]))
+        key_sig = parse_key(
+            estimate_key_from([q.on for q in qnotes], [q.length for q in qnotes], [q.pitch for q in qnotes])
+        )
     else:
         key_sig = parse_key("C major")
     pitches = spell([q.on for q in qnotes], [q.length for q in qnotes], [q.pitch for q in qnotes], key_sig)
     if key_override is None:
         key_sig = key_signature_for(key_sig, pitches)
-    return key_sig, {id(q): p for q, p in zip(qnotes, pitches)}
+    return key_sig, {id(q): p for q, p in zip(qnotes, pitches, strict=True)}
 
 
-def _engrave(plans: list[PartPlan], grid: ScoreGrid, n_measures: int, key_sig, spelling, marks,
-             title: str | None, artist: str | None) -> stream.Score:
+def _engrave(
+    plans: list[PartPlan],
+    grid: ScoreGrid,
+    n_measures: int,
+    key_sig: key.Key,
+    spelling: dict[int, pitch.Pitch],
+    marks: list[tuple[int, float]],
+    title: str | None,
+    artist: str | None,
+) -> stream.Score:
     score = stream.Score()
     score.metadata = metadata.Metadata()
     score.metadata.title = title or "Transcription"

@@ -18,8 +18,8 @@ the edge periods beyond, so any time maps to a fractional beat and back.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -49,8 +49,8 @@ class TempoMap:
         object.__setattr__(self, "times", t)
 
     @classmethod
-    def constant(cls, period_s: float, origin_s: float, until_s: float) -> "TempoMap":
-        n = max(2, int(math.ceil((until_s - origin_s) / period_s)) + 2)
+    def constant(cls, period_s: float, origin_s: float, until_s: float) -> TempoMap:
+        n = max(2, math.ceil((until_s - origin_s) / period_s) + 2)
         return cls(origin_s + period_s * np.arange(n))
 
     @property
@@ -73,15 +73,17 @@ class TempoMap:
         x = np.asarray(position, dtype=np.float64)
         t = np.interp(x, np.arange(self.times.size, dtype=np.float64), self.times)
         t = np.where(x < 0, self.times[0] + x * self.first_period, t)
-        return np.where(x > self.times.size - 1, self.times[-1] + (x - self.times.size + 1) * self.last_period, t)
+        return np.asarray(
+            np.where(x > self.times.size - 1, self.times[-1] + (x - self.times.size + 1) * self.last_period, t)
+        )
 
-    def subdivide(self, parts: int) -> "TempoMap":
+    def subdivide(self, parts: int) -> TempoMap:
         """Every beat cut into ``parts`` equal parts (``parts`` = 1 returns ``self``)."""
         if parts == 1:
             return self
         return TempoMap(self.time(np.arange((self.times.size - 1) * parts + 1) / parts))
 
-    def regroup(self, every: int, phase: int, start: float, stop: float) -> "TempoMap":
+    def regroup(self, every: int, phase: int, start: float, stop: float) -> TempoMap:
         """Every ``every``-th beat counted from beat ``phase``, covering ``start``..``stop`` (seconds)."""
         lo = math.floor((float(self.position(start)) - phase) / every) - 1
         hi = math.ceil((float(self.position(stop)) - phase) / every) + 1
@@ -124,7 +126,7 @@ def note_onset_strength(notes: Sequence[Note], frames: int | None = None) -> np.
     Long notes count more: a reader hears the beat where the long notes start.
     """
     starts = np.array([n.start_s for n in notes], dtype=np.float64)
-    size = frames if frames is not None else int(math.ceil((starts.max() if starts.size else 0) * FPS)) + 8
+    size = frames if frames is not None else math.ceil((starts.max() if starts.size else 0) * FPS) + 8
     env = np.zeros(size)
     if starts.size:
         idx = np.rint(starts * FPS).astype(np.int64)
@@ -184,8 +186,9 @@ def _tempo_curve(env: np.ndarray) -> np.ndarray | None:
     return bpms[band][path]
 
 
-def track_beats(notes: Sequence[Note], audio: np.ndarray | None = None,
-                sample_rate: int | None = None) -> TempoMap | None:
+def track_beats(
+    notes: Sequence[Note], audio: np.ndarray | None = None, sample_rate: int | None = None
+) -> TempoMap | None:
     """Beats of the performance, or ``None`` when there is no usable pulse (too few onsets)."""
     import librosa
 
@@ -198,8 +201,9 @@ def track_beats(notes: Sequence[Note], audio: np.ndarray | None = None,
     curve = _tempo_curve(env)
     if curve is None:
         return None
-    _, frames = librosa.beat.beat_track(onset_envelope=env, sr=ANALYSIS_RATE, hop_length=HOP, bpm=curve,
-                                        units="frames", trim=False, tightness=100)
+    _, frames = librosa.beat.beat_track(
+        onset_envelope=env, sr=ANALYSIS_RATE, hop_length=HOP, bpm=curve, units="frames", trim=False, tightness=100
+    )
     times = np.unique(np.asarray(frames, dtype=np.float64)) / FPS
     if times.size < 4:
         return None

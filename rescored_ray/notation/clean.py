@@ -8,7 +8,8 @@ negative or zero-length notes, and notation never fails on note content.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from rescored_ray.config import NotationConfig
 from rescored_ray.types import Note
@@ -25,12 +26,13 @@ def coerce_note(item: Any, stem: str | None = None) -> Note | None:
     Returns ``None`` for anything unusable, so callers never see an exception
     from malformed model output.
     """
-    try:
+
+    def get(name: str, default: Any = None) -> Any:
         if isinstance(item, Mapping):
-            get = item.get
-        else:
-            def get(name, default=None):
-                return getattr(item, name, default)
+            return item.get(name, default)
+        return getattr(item, name, default)
+
+    try:
         start = float(get("start_s"))
         end = float(get("end_s"))
         raw_pitch = float(get("pitch"))
@@ -38,10 +40,10 @@ def coerce_note(item: Any, stem: str | None = None) -> Note | None:
             return None
         if start < 0 or end <= start:
             return None
-        midi = int(round(raw_pitch))
+        midi = round(raw_pitch)
         try:
             vel = float(get("velocity", 80))
-            vel = int(round(vel)) if math.isfinite(vel) else 80
+            vel = round(vel) if math.isfinite(vel) else 80
         except (TypeError, ValueError):
             vel = 80
         vel = min(127, max(1, vel))

@@ -17,10 +17,11 @@ music21's slow generic ``makeNotation`` pass.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
-from typing import Sequence
+from typing import Any
 
 from music21 import (
     bar,
@@ -46,8 +47,16 @@ from rescored_ray.notation.rhythm import EIGHTH, TPQ, QNote, ScoreGrid
 
 _PLAIN = (3, 6, 12, 24, 48, 96)
 _SPELLABLE = frozenset(
-    [*_PLAIN, *(v * 3 // 2 for v in _PLAIN[1:]), 144,  # plain, dotted (a dotted whole = 12/8 bar)
-     2, 4, 8, 16, 32]  # triplet 32nd, 16th, eighth, quarter, half
+    [
+        *_PLAIN,
+        *(v * 3 // 2 for v in _PLAIN[1:]),
+        144,  # plain, dotted (a dotted whole = 12/8 bar)
+        2,
+        4,
+        8,
+        16,
+        32,
+    ]  # triplet 32nd, 16th, eighth, quarter, half
 )
 
 
@@ -56,13 +65,12 @@ def spellable(ticks: int) -> bool:
     return ticks in _SPELLABLE
 
 
-def _allowed(pos: int, length: int, grid: ScoreGrid, rest: bool) -> bool:
-    """May one note (or rest) of ``length`` ticks start ``pos`` ticks into the bar?"""
+def _allowed(pos: int, length: int, m: Meter, rest: bool) -> bool:
+    """May one note (or rest) of ``length`` ticks start ``pos`` ticks into a bar of meter ``m``?"""
     if not spellable(length):
         return False
-    beat, bar_len = grid.beat_ticks, grid.bar_ticks
+    beat, bar_len = m.beat_tatums * EIGHTH, m.bar_tatums * EIGHTH
     end = pos + length
-    m = grid.meter
     half = bar_len // 2 if m.beats_per_bar == 4 else None
     if rest:
         if pos % beat == 0 and end % beat == 0:
@@ -88,16 +96,15 @@ def _allowed(pos: int, length: int, grid: ScoreGrid, rest: bool) -> bool:
     if m.compound:
         return False
     crosses_half = half is not None and pos < half < end
-    return (pos % (beat // 2) == 0 and end % (beat // 2) == 0 and length in (beat, beat * 3 // 2)
-            and not crosses_half)
+    return pos % (beat // 2) == 0 and end % (beat // 2) == 0 and length in (beat, beat * 3 // 2) and not crosses_half
 
 
 @lru_cache(maxsize=65536)
-def _pieces_cached(pos: int, length: int, meter: Meter, rest: bool) -> tuple[int, ...]:
-    grid = _GridShape(meter, meter.beat_tatums * EIGHTH, meter.bar_tatums * EIGHTH)
+def value_pieces(pos: int, length: int, meter: Meter, rest: bool = False) -> tuple[int, ...]:
+    """Cut ``length`` ticks starting ``pos`` ticks into a bar into the values to write (tied for notes)."""
     out: list[int] = []
     while length > 0:
-        piece = next((c for c in _candidates(pos, length, grid) if _allowed(pos, c, grid, rest)), None)
+        piece = next((c for c in _candidates(pos, length, meter) if _allowed(pos, c, meter, rest)), None)
         if piece is None:  # nothing metrical fits: largest spellable value, else one tick
             piece = max((c for c in _SPELLABLE if c <= length), default=1)
         out.append(piece)
@@ -106,20 +113,18 @@ def _pieces_cached(pos: int, length: int, meter: Meter, rest: bool) -> tuple[int
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class _GridShape:
-    """The parts of :class:`ScoreGrid` the value splitter needs (hashable, for caching)."""
-
-    meter: Meter
-    beat_ticks: int
-    bar_ticks: int
-
-
-def _candidates(pos: int, length: int, grid) -> list[int]:
+def _candidates(pos: int, length: int, meter: Meter) -> list[int]:
     """Lengths to try, longest first: the whole, then up to each metrical boundary inside it."""
+    beat = meter.beat_tatums * EIGHTH
     cands = {length}
-    for step in (grid.bar_ticks // 2, grid.beat_ticks, grid.beat_ticks // 2 if grid.beat_ticks % 2 == 0 else EIGHTH,
-                 EIGHTH, EIGHTH // 2, 3):
+    for step in (
+        meter.bar_tatums * EIGHTH // 2,
+        beat,
+        beat // 2 if beat % 2 == 0 else EIGHTH,
+        EIGHTH,
+        EIGHTH // 2,
+        3,
+    ):
         if step <= 0:
             continue
         nxt = (pos // step + 1) * step
@@ -128,11 +133,6 @@ def _candidates(pos: int, length: int, grid) -> list[int]:
             nxt += step
     cands.update(v for v in _SPELLABLE if v < length)
     return sorted(cands, reverse=True)
-
-
-def value_pieces(pos: int, length: int, grid: ScoreGrid, rest: bool = False) -> tuple[int, ...]:
-    """Cut ``length`` ticks starting ``pos`` ticks into a bar into the values to write (tied for notes)."""
-    return _pieces_cached(pos, length, grid.meter, rest)
 
 
 # --------------------------------------------------------------------------- clefs
@@ -191,7 +191,7 @@ class _PresortedChord(chord.Chord):
     was most of the export time. Our chords are already sorted.
     """
 
-    def sortAscending(self, *, inPlace=False):
+    def sortAscending(self, *, inPlace: bool = False) -> Any:
         if inPlace:
             return super().sortAscending(inPlace=True)
         return self
@@ -275,7 +275,7 @@ class StaffWriter:
         m.coreElementsChanged()
         self._accidentals(m)
         if any(el.duration.tuplets for el in m.recurse().notesAndRests):
-            for container in (m.voices or [m]):
+            for container in m.voices or [m]:
                 stream.makeNotation.makeTupletBrackets(container, inPlace=True)
         return m
 
@@ -302,19 +302,19 @@ class StaffWriter:
         grid = self.grid
         elements: list[note.GeneralNote] = []
         run: list[tuple[note.NotRest, int]] = []
-        run_beat = None
+        run_beat: int | None = None
         cursor = start
         timeline: list[tuple[int, int, _Event | None]] = []
-        for ev in self._events(notes, start, end):
-            if ev.start > cursor:
-                timeline.append((cursor, ev.start, None))
-            timeline.append((ev.start, ev.end, ev))
-            cursor = ev.end
+        for event in self._events(notes, start, end):
+            if event.start > cursor:
+                timeline.append((cursor, event.start, None))
+            timeline.append((event.start, event.end, event))
+            cursor = event.end
         if cursor < end:
             timeline.append((cursor, end, None))
         for a, b, ev in timeline:
             pos = (a - grid.pickup) % grid.bar_ticks
-            pieces = value_pieces(pos, b - a, grid, rest=ev is None)
+            pieces = value_pieces(pos, b - a, grid.meter, rest=ev is None)
             for j, ticks in enumerate(pieces):
                 ql = Fraction(ticks, TPQ)
                 beat_index = pos // grid.beat_ticks
@@ -322,8 +322,6 @@ class StaffWriter:
                 if ev is None:
                     r = note.Rest(quarterLength=ql)
                     r.fullMeasure = False  # skips a slow context lookup on export
-                    if stem is not None:
-                        r.stepShift = 0
                     elements.append(r)
                     _beam_run(run)
                     run, run_beat = [], None
@@ -357,7 +355,7 @@ class StaffWriter:
         heads = []
         for el in m.recurse().notes:
             offset = el.getOffsetInHierarchy(m)
-            for n in (el.notes if isinstance(el, chord.Chord) else [el]):
+            for n in el.notes if isinstance(el, chord.Chord) else [el]:
                 heads.append((offset, n))
         heads.sort(key=lambda t: t[0])
         i = 0
@@ -368,11 +366,11 @@ class StaffWriter:
             group = [n for _, n in heads[i:j]]
             clash: dict[tuple[str, int], int] = defaultdict(int)
             for n in group:
-                clash[(n.pitch.step, n.pitch.octave)] += 1
-            updates = {}
+                clash[(str(n.pitch.step), int(n.pitch.octave or 0))] += 1
+            updates: dict[tuple[str, int], float] = {}
             for n in group:
                 p = n.pitch
-                slot = (p.step, p.octave)
+                slot = (str(p.step), int(p.octave or 0))
                 alter = p.accidental.alter if p.accidental is not None else 0.0
                 if n.tie is not None and n.tie.type in ("continue", "stop"):
                     if p.accidental is not None:
@@ -410,8 +408,9 @@ class PartPlan:
     staves: list[StaffPlan]
 
 
-def build_part(plan: PartPlan, grid: ScoreGrid, n_measures: int, spelling: dict[int, pitch.Pitch],
-               key_sig: key.Key) -> list[stream.Part]:
+def build_part(
+    plan: PartPlan, grid: ScoreGrid, n_measures: int, spelling: dict[int, pitch.Pitch], key_sig: key.Key
+) -> list[stream.Part]:
     """The music21 part(s) of one plan: a :class:`stream.Part`, or two :class:`stream.PartStaff`."""
     writer = StaffWriter(grid, spelling, key_sig)
     grand = len(plan.staves) > 1

@@ -21,15 +21,14 @@ from rescored_ray.errors import NonRetryableError
 STAGE = "notation"
 DEFAULT_BPM = 120.0
 
+
 def _fully_notated(score: stream.Score) -> bool:
     """True for scores built by :func:`notate` (measures, accidentals, beams done)."""
     if not isinstance(score, stream.Score):
         return False
     parts = list(score.parts)
     return bool(parts) and all(
-        p.getElementsByClass(stream.Measure).first() is not None
-        and p.streamStatus.accidentals
-        and p.streamStatus.beams
+        p.getElementsByClass(stream.Measure).first() is not None and p.streamStatus.accidentals and p.streamStatus.beams
         for p in parts
     )
 
@@ -53,19 +52,19 @@ def write_musicxml(score: stream.Score, path: str | Path) -> Path:
 _MIDI_TPQ = 480
 
 
-def _midi_events(part: stream.Stream, channel: int) -> list[tuple[int, int, Any]]:
+def _midi_events(part: stream.Stream[Any], channel: int) -> list[tuple[int, int, Any]]:
     """(tick, order, message) for one part; tied notes become one MIDI note."""
     import mido
 
     events: list[tuple[int, int, Any]] = []
-    open_notes: dict[int, list] = {}  # midi pitch -> [start_tick, end_tick, velocity]
+    open_notes: dict[int, list[int]] = {}  # midi pitch -> [start_tick, end_tick, velocity]
     finished: list[tuple[int, int, int, int]] = []
     flat = part.flatten()
     for el in flat.notes:
         if el.duration.quarterLength <= 0 or el.duration.isGrace:
             continue
-        start = int(round(float(flat.elementOffset(el)) * _MIDI_TPQ))
-        end = start + int(round(float(el.duration.quarterLength) * _MIDI_TPQ))
+        start = round(float(flat.elementOffset(el)) * _MIDI_TPQ)
+        end = start + round(float(el.duration.quarterLength) * _MIDI_TPQ)
         members = list(el.notes) if isinstance(el, chord.Chord) else [el]
         for n in members:
             if not hasattr(n, "pitch"):
@@ -103,7 +102,7 @@ def write_midi(score: stream.Score, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts = (list(score.parts) if isinstance(score, stream.Score) else []) or [score]
+    parts: list[stream.Stream[Any]] = (list(score.parts) if isinstance(score, stream.Score) else []) or [score]
     mf = mido.MidiFile(type=1, ticks_per_beat=_MIDI_TPQ)
 
     conductor = mido.MidiTrack()
@@ -113,14 +112,15 @@ def write_midi(score: stream.Score, path: str | Path) -> Path:
     marks = score.flatten().getElementsByClass(tempo.MetronomeMark)
     for mm in marks:
         bpm = mm.getQuarterBPM() or DEFAULT_BPM
-        tick = int(round(float(mm.getOffsetInHierarchy(score)) * _MIDI_TPQ))
+        tick = round(float(mm.getOffsetInHierarchy(score)) * _MIDI_TPQ)
         meta_events.append((tick, 0, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm))))
     if not meta_events:
         meta_events.append((0, 0, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(DEFAULT_BPM))))
     ts = score.flatten().getElementsByClass(meter.TimeSignature).first()
     if ts is not None:
-        meta_events.append((0, 0, mido.MetaMessage(
-            "time_signature", numerator=ts.numerator, denominator=ts.denominator)))
+        meta_events.append(
+            (0, 0, mido.MetaMessage("time_signature", numerator=ts.numerator, denominator=ts.denominator))
+        )
     mf.tracks.append(_track(conductor, meta_events))
 
     channels = [c for c in range(16) if c != 9]
@@ -128,16 +128,16 @@ def write_midi(score: stream.Score, path: str | Path) -> Path:
         channel = channels[i % len(channels)]
         track = mido.MidiTrack()
         inst = part.getInstrument(returnDefault=True)
-        name = part.partName or inst.partName or f"Part {i + 1}"
+        name = getattr(part, "partName", None) or (inst.partName if inst else None) or f"Part {i + 1}"
         track.append(mido.MetaMessage("track_name", name=str(name)[:120], time=0))
-        program = inst.midiProgram if inst.midiProgram is not None else 0
+        program = inst.midiProgram if inst is not None and inst.midiProgram is not None else 0
         track.append(mido.Message("program_change", channel=channel, program=int(program) % 128, time=0))
         mf.tracks.append(_track(track, _midi_events(part, channel)))
     mf.save(str(path))
     return path
 
 
-def _track(track, events: list[tuple[int, int, Any]]):
+def _track(track: Any, events: list[tuple[int, int, Any]]) -> Any:
     """Append absolute-tick events to a mido track as delta times (note-offs first at a tick)."""
     events.sort(key=lambda e: (e[0], e[1]))
     now = 0
@@ -147,11 +147,17 @@ def _track(track, events: list[tuple[int, int, Any]]):
     return track
 
 
-_VEROVIO_OPTIONS = {"pageWidth": 2100, "pageHeight": 2970, "scale": 40, "adjustPageHeight": False,
-                    "footer": "none", "breaks": "auto"}
+_VEROVIO_OPTIONS = {
+    "pageWidth": 2100,
+    "pageHeight": 2970,
+    "scale": 40,
+    "adjustPageHeight": False,
+    "footer": "none",
+    "breaks": "auto",
+}
 
 
-def _toolkit(musicxml: str | Path):
+def _toolkit(musicxml: str | Path) -> Any:
     """A verovio toolkit with the score loaded (``musicxml`` a path, or the MusicXML text)."""
     import verovio  # lazy: only previews and pages need it
 
@@ -177,13 +183,13 @@ def _toolkit(musicxml: str | Path):
 def render_pages(musicxml: str | Path) -> list[str]:
     """Every page of the score as SVG (A4 proportions), in order."""
     tk = _toolkit(musicxml)
-    return [tk.renderToSVG(page) for page in range(1, tk.getPageCount() + 1)]
+    return [str(tk.renderToSVG(page)) for page in range(1, tk.getPageCount() + 1)]
 
 
 def render_svg(musicxml: str | Path, page: int = 1) -> str:
     """One page (1-based, clamped to the page count) of a MusicXML score as SVG."""
     tk = _toolkit(musicxml)
-    return tk.renderToSVG(min(max(1, int(page)), tk.getPageCount()))
+    return str(tk.renderToSVG(min(max(1, int(page)), tk.getPageCount())))
 
 
 def write_pdf(pages: list[str], path: str | Path) -> Path:
@@ -204,10 +210,12 @@ def write_pdf(pages: list[str], path: str | Path) -> Path:
         for number, svg in enumerate(pages, start=1):
             (folder / f"page-{number}.svg").write_text(_outline_music_text(svg), encoding="utf-8")
             body.append(f'#image("page-{number}.svg", width: 100%)')
-        (folder / "score.typ").write_text('#set page(paper: "a4", margin: 0pt)\n' + "\n#pagebreak()\n".join(body) + "\n")
+        (folder / "score.typ").write_text(
+            '#set page(paper: "a4", margin: 0pt)\n' + "\n#pagebreak()\n".join(body) + "\n"
+        )
         try:
             typst.compile(str(folder / "score.typ"), output=str(path))
-        except Exception as exc:  # noqa: BLE001 - typst raises its own error type
+        except Exception as exc:
             raise NonRetryableError(f"could not typeset the score as PDF: {exc}", stage=STAGE) from exc
     return path
 
@@ -256,19 +264,27 @@ def _outline_music_text(svg: str) -> str:
         for ch in run.text:
             d, adv = glyphs.get(f"{ord(ch):04X}", (None, 0.0))
             if d:
-                g = etree.SubElement(group, f"{_SVG}g", transform=f"translate({x + advance:.1f},{y}) scale({size / 1000:.4f})")
+                g = etree.SubElement(
+                    group, f"{_SVG}g", transform=f"translate({x + advance:.1f},{y}) scale({size / 1000:.4f})"
+                )
                 etree.SubElement(g, f"{_SVG}path", transform="scale(1,-1)", d=d)
             advance += adv * size / 1000
         run.text = None
-        following = next((t for t in text.iter(f"{_SVG}tspan") if t is not run and t.text and t.text.strip()
-                          and _after(text, run, t)), None)
+        following = next(
+            (
+                t
+                for t in text.iter(f"{_SVG}tspan")
+                if t is not run and t.text and t.text.strip() and _after(text, run, t)
+            ),
+            None,
+        )
         if following is not None:
             following.set("dx", f"{advance:.1f}")
         text.addprevious(group)
-    return etree.tostring(root, encoding="unicode")
+    return str(etree.tostring(root, encoding="unicode"))
 
 
-def _hoist_position(text) -> None:
+def _hoist_position(text: Any) -> None:
     """Move the position (and anchor) of a ``<text>``'s first positioned tspan onto the text
     itself, and drop its ``font-size="0px"`` (its tspans carry the real sizes): Typst's SVG
     reader placed such texts at the page's left edge (titles, tempo marks)."""
@@ -284,7 +300,7 @@ def _hoist_position(text) -> None:
             return
 
 
-def _position(text) -> tuple[float | None, float | None]:
+def _position(text: Any) -> tuple[float | None, float | None]:
     """Where a ``<text>`` starts drawing: its own x/y, or those of its first positioned tspan."""
     for el in text.iter():
         if el.get("x") is not None and el.get("y") is not None:
@@ -292,6 +308,6 @@ def _position(text) -> tuple[float | None, float | None]:
     return None, None
 
 
-def _after(text, first, other) -> bool:
+def _after(text: Any, first: Any, other: Any) -> bool:
     order = list(text.iter())
     return order.index(other) > order.index(first)

@@ -21,11 +21,12 @@ transcriptions.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class Meter:
         return Fraction(self.bar_tatums, 2)
 
     @classmethod
-    def parse(cls, text: str) -> "Meter | None":
+    def parse(cls, text: str) -> Meter | None:
         """The meter written ``"3/4"``, ``"6/8"``, ``"2/2"``, ``"7/8"`` ...; ``None`` if not n/2, n/4 or n/8."""
         try:
             num, den = (int(x) for x in text.strip().split("/"))
@@ -80,8 +81,12 @@ class Meter:
 
 
 METERS: tuple[Meter, ...] = (
-    Meter(2, 2), Meter(2, 3), Meter(2, 4),
-    Meter(3, 2), Meter(3, 3), Meter(3, 4),
+    Meter(2, 2),
+    Meter(2, 3),
+    Meter(2, 4),
+    Meter(3, 2),
+    Meter(3, 3),
+    Meter(3, 4),
 )
 
 
@@ -106,7 +111,9 @@ class TatumNotes:
     pitch: np.ndarray  # int MIDI
 
     @classmethod
-    def from_arrays(cls, onset: Sequence[float], end: Sequence[float], pitch: Sequence[int]) -> "TatumNotes":
+    def from_arrays(
+        cls, onset: Sequence[float] | np.ndarray, end: Sequence[float] | np.ndarray, pitch: Sequence[int] | np.ndarray
+    ) -> TatumNotes:
         """From positions in sixteenths (floats are rounded)."""
         on = np.rint(np.asarray(onset, dtype=np.float64)).astype(np.int64)
         off = np.maximum(np.rint(np.asarray(end, dtype=np.float64)).astype(np.int64), on + 1)
@@ -163,7 +170,7 @@ def _signals(notes: TatumNotes) -> _Signals:
     low_start = np.zeros(size)
     order = np.argsort(notes.pitch, kind="stable")
     for i in order[::-1]:  # lowest pitch last, so it wins
-        lowest[on[i]:off[i]] = notes.pitch[i]
+        lowest[on[i] : off[i]] = notes.pitch[i]
     for i in range(len(on)):
         if lowest[on[i]] == notes.pitch[i]:
             low_start[on[i]] = 1.0
@@ -183,8 +190,15 @@ def _signals(notes: TatumNotes) -> _Signals:
     for i in np.argsort(on, kind="stable"):
         pitch_onset[on[i]] = pitch_onset[on[i]] | {int(notes.pitch[i])}
     return _Signals(
-        onset=(count > 0).astype(np.float64), count=count, length=length, bass=low_start,
-        harmony=harmony, pitch_onset=pitch_onset, first=first, starts=on, ends=off,
+        onset=(count > 0).astype(np.float64),
+        count=count,
+        length=length,
+        bass=low_start,
+        harmony=harmony,
+        pitch_onset=pitch_onset,
+        first=first,
+        starts=on,
+        ends=off,
     )
 
 
@@ -195,12 +209,31 @@ _SIGNAL_NAMES = ("onset", "count", "length", "bass", "harmony")
 _LEVELS = ("down", "half", "beat", "off")
 FEATURES: tuple[str, ...] = (
     *(f"{s}:{lv}" for s in _SIGNAL_NAMES for lv in _LEVELS),
-    "sync:beat", "sync:bar", "sync:beat_len", "sync:bar_len",
-    "long_on:beat", "long_on:half", "long_on:down", "ioi:beat", "ioi:bar", "onset:beat_abs",
-    "rep:beat", "rep:bar", "rep:bar_pitch", "rep:2bars", "pos:beat", "pos:eighth", "pos:sixteenth",
-    "len:beat_multiple", "len:dotted_beat",
-    "pickup:none", "pickup:beat", "pickup:half", "pickup:long",
-    "end:down", "end:beat",
+    "sync:beat",
+    "sync:bar",
+    "sync:beat_len",
+    "sync:bar_len",
+    "long_on:beat",
+    "long_on:half",
+    "long_on:down",
+    "ioi:beat",
+    "ioi:bar",
+    "onset:beat_abs",
+    "rep:beat",
+    "rep:bar",
+    "rep:bar_pitch",
+    "rep:2bars",
+    "pos:beat",
+    "pos:eighth",
+    "pos:sixteenth",
+    "len:beat_multiple",
+    "len:dotted_beat",
+    "pickup:none",
+    "pickup:beat",
+    "pickup:half",
+    "pickup:long",
+    "end:down",
+    "end:beat",
     *(f"meter:{m.ratio}" for m in METERS),
 )
 """Names of the model's inputs, in order (the model file records them, so a stale model is refused)."""
@@ -218,7 +251,7 @@ def _levels(meter: Meter, size: int, phase: int) -> np.ndarray:
 def _holds_through(starts: np.ndarray, ends: np.ndarray, period: int, offset: int) -> np.ndarray:
     """Whether a position ``offset + j*period`` lies strictly inside (start, end)."""
     following = starts + 1 + (offset - starts - 1) % period
-    return following < ends
+    return np.asarray(following < ends)
 
 
 def _strongest_inside(starts: np.ndarray, ends: np.ndarray, meter: Meter, phase: int) -> np.ndarray:
@@ -237,7 +270,7 @@ def _recurrence(signal: np.ndarray, lag: int) -> float:
         return 0.0
     a, b = signal[:-lag], signal[lag:]
     if signal.dtype == object:
-        hits = sum(1 for x, y in zip(a, b) if x and x == y)
+        hits = sum(1 for x, y in zip(a, b, strict=False) if x and x == y)
         return hits / max(1, sum(1 for x in a if x))
     return float(np.minimum(a, b).sum() / max(a.sum(), 1e-9))
 
@@ -267,12 +300,21 @@ def _features(sig: _Signals, meter: Meter, phase: int) -> np.ndarray:
     n = max(1, len(sig.starts))
     off_sync = (start_level == 0) & (strongest_inside >= 1)
     beat_sync = (start_level >= 1) & (start_level < 3) & (strongest_inside > start_level)
-    out.extend([float(off_sync.sum()) / n, float(beat_sync.sum()) / n,
-                float(weight[off_sync].sum()) / total, float(weight[beat_sync].sum()) / total])
+    out.extend(
+        [
+            float(off_sync.sum()) / n,
+            float(beat_sync.sum()) / n,
+            float(weight[off_sync].sum()) / total,
+            float(weight[beat_sync].sum()) / total,
+        ]
+    )
     # long notes start on strong positions
     half_bar = _bar(meter) / 2
-    for min_len, min_level in ((_beat(meter), 1), (half_bar, 2 if meter.beats_per_bar == 4 else 3),
-                               (1.5 * _beat(meter), 3)):
+    for min_len, min_level in (
+        (_beat(meter), 1),
+        (half_bar, 2 if meter.beats_per_bar == 4 else 3),
+        (1.5 * _beat(meter), 3),
+    ):
         sel = length >= min_len
         out.append(float(np.mean(start_level[sel] >= min_level)) if sel.any() else 0.0)
     # inter-onset intervals that are whole beats / whole bars
@@ -285,22 +327,40 @@ def _features(sig: _Signals, meter: Meter, phase: int) -> np.ndarray:
     out.append(float(sig.onset[strong].mean() - sig.onset[weak].mean()) if strong.any() and weak.any() else 0.0)
     # where onsets sit inside the beat, and whether lengths are whole or dotted beats
     within = (sig.starts - phase) % _beat(meter)
-    out.extend([float(np.mean(within == 0)), float(np.mean((within > 0) & (within % UNITS_PER_EIGHTH == 0))),
-                float(np.mean(within % UNITS_PER_EIGHTH != 0))])
-    out.extend([float(np.mean(length % _beat(meter) == 0)),
-                float(np.mean(length == _beat(meter) * 3 // 2)) if meter.beat_tatums == 2 else
-                float(np.mean(length == _beat(meter) * 2 // 3))])
+    out.extend(
+        [
+            float(np.mean(within == 0)),
+            float(np.mean((within > 0) & (within % UNITS_PER_EIGHTH == 0))),
+            float(np.mean(within % UNITS_PER_EIGHTH != 0)),
+        ]
+    )
+    out.extend(
+        [
+            float(np.mean(length % _beat(meter) == 0)),
+            float(np.mean(length == _beat(meter) * 3 // 2))
+            if meter.beat_tatums == 2
+            else float(np.mean(length == _beat(meter) * 2 // 3)),
+        ]
+    )
     # music repeats by the bar: rhythm and pitches recur one (and two) bars later
-    out.extend([_recurrence(sig.onset, _beat(meter)), _recurrence(sig.onset, _bar(meter)),
-                _recurrence(sig.pitch_onset, _bar(meter)), _recurrence(sig.onset, 2 * _bar(meter))])
+    out.extend(
+        [
+            _recurrence(sig.onset, _beat(meter)),
+            _recurrence(sig.onset, _bar(meter)),
+            _recurrence(sig.pitch_onset, _bar(meter)),
+            _recurrence(sig.onset, 2 * _bar(meter)),
+        ]
+    )
     pickup = int((phase - 0) % _bar(meter))
     half = _bar(meter) / 2
-    out.extend([
-        float(pickup == 0),
-        float(0 < pickup <= _beat(meter)),
-        float(_beat(meter) < pickup <= half),
-        float(pickup > half),
-    ])
+    out.extend(
+        [
+            float(pickup == 0),
+            float(0 < pickup <= _beat(meter)),
+            float(_beat(meter) < pickup <= half),
+            float(pickup > half),
+        ]
+    )
     last = int(sig.starts.max())
     out.extend([float(lv[last] == 3), float(lv[last] in (1, 2))])
     out.extend(float(m == meter) for m in METERS)
@@ -332,14 +392,16 @@ class MeterModel:
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
         x = (rows - self.mean) / self.std
-        return np.tanh(x @ self.w1 + self.b1) @ self.w2 + x @ self.v
+        return np.asarray(np.tanh(x @ self.w1 + self.b1) @ self.w2 + x @ self.v)
 
-    def to_dict(self) -> dict:
-        return {"features": list(FEATURES), **{k: np.round(getattr(self, k), 6).tolist()
-                                               for k in ("mean", "std", "w1", "b1", "w2", "v")}}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": list(FEATURES),
+            **{k: np.round(getattr(self, k), 6).tolist() for k in ("mean", "std", "w1", "b1", "w2", "v")},
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MeterModel":
+    def from_dict(cls, data: dict[str, Any]) -> MeterModel:
         if list(data["features"]) != list(FEATURES):
             raise ValueError("meter model was fitted on other features; refit it with bench/train_meter.py")
         return cls(**{k: np.asarray(data[k], dtype=np.float64) for k in ("mean", "std", "w1", "b1", "w2", "v")})
@@ -350,8 +412,7 @@ def default_model() -> MeterModel:
     return MeterModel.from_dict(json.loads(MODEL_PATH.read_text())["model"])
 
 
-def choose_meter(notes: TatumNotes, meters: Sequence[Meter] = METERS,
-                 model: MeterModel | None = None) -> MeterChoice:
+def choose_meter(notes: TatumNotes, meters: Sequence[Meter] = METERS, model: MeterModel | None = None) -> MeterChoice:
     """The best-scoring meter and phase for ``notes`` (at least one note)."""
     if len(notes) == 0:
         raise ValueError("choose_meter needs at least one note")
@@ -359,8 +420,13 @@ def choose_meter(notes: TatumNotes, meters: Sequence[Meter] = METERS,
     scores = (model or default_model()).scores(rows)
     best = int(np.argmax(scores))
     meter, rel_phase = hyps[best]
-    others = [s for (m, _), s in zip(hyps, scores) if m != meter]
+    others = [s for (m, _), s in zip(hyps, scores, strict=False) if m != meter]
     margin = float(scores[best] - max(others)) if others else float("inf")
     first = int(notes.onset.min())
-    return MeterChoice(meter=meter, phase=first + rel_phase, pickup_units=int(rel_phase % _bar(meter)),
-                       score=float(scores[best]), margin=margin)
+    return MeterChoice(
+        meter=meter,
+        phase=first + rel_phase,
+        pickup_units=int(rel_phase % _bar(meter)),
+        score=float(scores[best]),
+        margin=margin,
+    )

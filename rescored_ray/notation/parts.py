@@ -8,7 +8,7 @@ single line. Score order is the conventional one, top to bottom.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from music21 import instrument
 
@@ -17,8 +17,14 @@ from rescored_ray.notation.engrave import PartPlan, StaffPlan
 from rescored_ray.notation.rhythm import QNote, ScoreGrid
 
 _ROLE_ORDER = {"vocals": 0, "guitar": 1, "keyboard": 2, "bass": 3}
-_NAMES = {"vocals": "Vocals", "bass": "Bass", "guitar": "Guitar", "piano": "Piano", "other": "Other",
-          "mix": "Piano (mix)"}
+_NAMES = {
+    "vocals": "Vocals",
+    "bass": "Bass",
+    "guitar": "Guitar",
+    "piano": "Piano",
+    "other": "Other",
+    "mix": "Piano (mix)",
+}
 
 
 def role_of(stem: str) -> str:
@@ -38,7 +44,9 @@ def part_name(stem: str) -> str:
 
 def _instrument(role: str, name: str) -> instrument.Instrument:
     inst: instrument.Instrument = {
-        "vocals": instrument.Vocalist, "bass": instrument.ElectricBass, "guitar": instrument.Guitar,
+        "vocals": instrument.Vocalist,
+        "bass": instrument.ElectricBass,
+        "guitar": instrument.Guitar,
     }.get(role, instrument.Piano)()
     inst.partName = name
     return inst
@@ -72,8 +80,8 @@ def plan_parts(placed: Mapping[str, list[QNote]], grid: ScoreGrid) -> list[PartP
         inst = _instrument(role, name)
         if role == "keyboard":
             hands = voices.assign_hands(qs, grid.beat_ticks)
-            upper = [q for q, h in zip(qs, hands) if h == 0]
-            lower = [q for q, h in zip(qs, hands) if h == 1]
+            upper = [q for q, h in zip(qs, hands, strict=False) if h == 0]
+            lower = [q for q, h in zip(qs, hands, strict=False) if h == 1]
             if upper and lower:
                 for q in lower:
                     q.staff = 1

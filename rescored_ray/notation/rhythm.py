@@ -17,8 +17,8 @@ rounded to an eighth (a sixteenth for very short notes).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -121,7 +121,7 @@ def _grid_for_beat(raw: np.ndarray, beat_start: int, grid: ScoreGrid) -> int:
     rel = raw - beat_start
     for step, complexity in options:
         err = (rel - np.round(rel / step) * step) * sec_per_tick / JITTER_S
-        cost = float(np.sum(err ** 2)) + COMPLEXITY_WEIGHT * complexity
+        cost = float(np.sum(err**2)) + COMPLEXITY_WEIGHT * complexity
         if cost < best_cost - 1e-9:
             best, best_cost = step, cost
     return best
@@ -220,5 +220,5 @@ def tempo_marks(grid: ScoreGrid, n_measures: int) -> list[tuple[int, float]]:
 
 def _fits(starts: np.ndarray, times: np.ndarray, a: int, b: int) -> bool:
     rate = (starts[b] - starts[a]) / max(times[b] - times[a], 1e-9)
-    predicted = times[a] + (starts[a:b + 1] - starts[a]) / rate
-    return bool(np.max(np.abs(predicted - times[a:b + 1])) <= TEMPO_TOLERANCE_S)
+    predicted = times[a] + (starts[a : b + 1] - starts[a]) / rate
+    return bool(np.max(np.abs(predicted - times[a : b + 1])) <= TEMPO_TOLERANCE_S)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from music21 import key, pitch
@@ -28,10 +28,12 @@ from rescored_ray.errors import NonRetryableError
 STAGE = "notation"
 
 # Aarden-Essen key profiles (Aarden 2003, as used by music21 and Temperley), index 0 = tonic.
-_MAJOR_PROFILE = np.array([17.7661, 0.145624, 14.9265, 0.160186, 19.8049, 11.3587, 0.291248, 22.062, 0.145624,
-                           8.15494, 0.232998, 4.95122])
-_MINOR_PROFILE = np.array([18.2648, 0.737619, 14.0499, 16.8599, 0.702494, 14.4362, 0.702494, 18.6161, 4.56621,
-                           1.93186, 7.37619, 1.75623])
+_MAJOR_PROFILE = np.array(
+    [17.7661, 0.145624, 14.9265, 0.160186, 19.8049, 11.3587, 0.291248, 22.062, 0.145624, 8.15494, 0.232998, 4.95122]
+)
+_MINOR_PROFILE = np.array(
+    [18.2648, 0.737619, 14.0499, 16.8599, 0.702494, 14.4362, 0.702494, 18.6161, 4.56621, 1.93186, 7.37619, 1.75623]
+)
 FINAL_BASS_BONUS = 0.1
 """Added to the correlation of keys whose tonic is the piece's last bass note."""
 # Conventional (fewest accidentals) spelling of each tonic pitch class.
@@ -65,13 +67,13 @@ def estimate_key_from(onsets: Sequence[float], durations: Sequence[float], pitch
     nothing to go on.
     """
     hist = np.zeros(12)
-    for p, d in zip(pitches, durations):
+    for p, d in zip(pitches, durations, strict=False):
         if 0 <= p <= 127 and d > 0:
             hist[int(p) % 12] += d
     if hist.sum() <= 0 or np.allclose(hist, hist[0]):
         return "C major"
     last = max(onsets)
-    final_bass = min(int(p) for o, p in zip(onsets, pitches) if o >= last - 1e-9)
+    final_bass = min(int(p) for o, p in zip(onsets, pitches, strict=False) if o >= last - 1e-9)
     scores = key_profile_scores(hist, final_bass)
     best = max(s[0] for s in scores)
     _, tonic, mode = next(s for s in scores if s[0] >= best)
@@ -91,12 +93,16 @@ def parse_key(text: str) -> key.Key:
     retrying a typo cannot help.
     """
     m = _KEY_RE.match(text) if isinstance(text, str) else None
-    mode_word = m.group(3) if m else ""
+    if m is None:
+        raise NonRetryableError(
+            f"invalid key_override {text!r}: expected e.g. 'G minor', 'Gm', 'F#', 'Bb major'", stage=STAGE
+        )
+    mode_word = m.group(3)
     if mode_word == "m" or mode_word.lower() in ("min", "minor"):
         mode = "minor"
     elif mode_word == "M" or mode_word.lower() in ("maj", "major"):
         mode = "major"
-    elif m and not mode_word:
+    elif not mode_word:
         mode = "minor" if m.group(1).islower() else "major"
     else:
         raise NonRetryableError(
@@ -106,7 +112,7 @@ def parse_key(text: str) -> key.Key:
     tonic = m.group(1).upper() + _ACCIDENTALS.get(m.group(2) or "", "")
     try:
         return key.Key(tonic, mode)
-    except Exception as exc:  # noqa: BLE001 - music21 raises assorted types
+    except Exception as exc:
         raise NonRetryableError(f"invalid key_override {text!r}: {exc}", stage=STAGE) from exc
 
 
@@ -135,8 +141,9 @@ def _table_spelling(midi: int, k: key.Key) -> tuple[str, int]:
     return names[midi % 12], 0
 
 
-def spell(onsets: Sequence[float], durations: Sequence[float], midis: Sequence[int],
-          fallback_key: key.Key) -> list[pitch.Pitch]:
+def spell(
+    onsets: Sequence[float], durations: Sequence[float], midis: Sequence[int], fallback_key: key.Key
+) -> list[pitch.Pitch]:
     """A spelled :class:`music21.pitch.Pitch` for each note (ps13 in context)."""
     midis = [int(m) for m in midis]
     if not midis:
@@ -152,7 +159,7 @@ def spell(onsets: Sequence[float], durations: Sequence[float], midis: Sequence[i
     arr["id"] = [f"n{i}" for i in range(len(midis))]
     spelled = estimate_spelling(arr)
     out = []
-    for (step, alter, _octave), midi in zip(spelled, midis):
+    for (step, alter, _octave), midi in zip(spelled, midis, strict=False):
         name = str(step) + ("#" * int(alter) if alter > 0 else "-" * -int(alter))
         out.append(_pitch_from_name(name, midi))
     return out
@@ -162,7 +169,7 @@ def _pitch_from_name(name: str, midi: int) -> pitch.Pitch:
     """A pitch with letter name ``name`` that sounds exactly ``midi`` (octave follows the letter)."""
     p = pitch.Pitch(name)
     p.octave = 4
-    p.octave = 4 + (midi - int(round(p.ps))) // 12
+    p.octave = 4 + (midi - round(p.ps)) // 12
     return p
 
 

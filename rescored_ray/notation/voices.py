@@ -19,8 +19,9 @@ voice reads as a line rather than a line with scattered rests.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -276,7 +277,7 @@ def absorb_short_rests(notes: Sequence[QNote], beat: int) -> None:
         by_voice[(q.staff, q.voice)].append(q)
     for qs in by_voice.values():
         onsets = sorted({q.on for q in qs})
-        nxt = {a: b for a, b in zip(onsets, onsets[1:])}
+        nxt = dict(itertools.pairwise(onsets))
         for q in qs:
             following = nxt.get(q.on)
             if following is None:

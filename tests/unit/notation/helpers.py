@@ -10,7 +10,9 @@ from music21 import chord, converter, stream
 
 def parse_xml(path: Path) -> stream.Score:
     # No pickle cache: every test must read what was actually written.
-    return converter.parse(str(path), format="musicxml", forceSource=True, storePickle=False)
+    parsed = converter.parse(str(path), format="musicxml", forceSource=True, storePickle=False)
+    assert isinstance(parsed, stream.Score)
+    return parsed
 
 
 def written_notes(score: stream.Score) -> list[tuple[float, int, float]]:

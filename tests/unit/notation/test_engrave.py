@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rescored_ray.notation.beats import TempoMap
 from rescored_ray.notation.engrave import plan_clefs, spellable, value_pieces
 from rescored_ray.notation.meter import Meter
-from rescored_ray.notation.rhythm import TPQ, ScoreGrid
+from rescored_ray.notation.rhythm import TPQ
 
 Q, E, S = TPQ, TPQ // 2, TPQ // 4
 
 
-def _grid(ratio: str) -> ScoreGrid:
-    return ScoreGrid(TempoMap.constant(0.3, 0.0, 30.0), Meter.parse(ratio), origin=0.0, pickup=0)
+def _meter(ratio: str) -> Meter:
+    meter = Meter.parse(ratio)
+    assert meter is not None
+    return meter
 
 
 @pytest.mark.parametrize(
@@ -38,16 +39,16 @@ def _grid(ratio: str) -> ScoreGrid:
     ],
 )
 def test_values_follow_the_meter(ratio, pos, length, rest, pieces):
-    got = value_pieces(pos, length, _grid(ratio), rest)
+    got = value_pieces(pos, length, _meter(ratio), rest)
     assert got == pieces
     assert all(spellable(p) for p in got)
 
 
 def test_every_length_is_written_with_spellable_values():
-    grid = _grid("4/4")
+    meter = _meter("4/4")
     for pos in range(0, 4 * Q, 3):
         for length in range(1, 4 * Q - pos + 1):
-            pieces = value_pieces(pos, length, grid)
+            pieces = value_pieces(pos, length, meter)
             assert sum(pieces) == length
 
 

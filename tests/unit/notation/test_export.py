@@ -42,7 +42,7 @@ def test_music_font_text_becomes_outlines_for_the_pdf(long_score):
     page = render_pages(path)[0]
     assert 'font-family="Leipzig"' in page  # the metronome mark's note, as text
     ready = _outline_music_text(page)
-    assert "font-family=\"Leipzig\">" not in ready.replace("/>", "")  # no glyph text left
+    assert 'font-family="Leipzig">' not in ready.replace("/>", "")  # no glyph text left
     assert ready.count("<path") > page.count("<path")  # drawn as outlines instead
     assert 'font-size="0px"' not in ready
 

@@ -10,8 +10,15 @@ from rescored_ray.notation.meter import FEATURES, METERS, Meter, TatumNotes, cho
 
 @pytest.mark.parametrize(
     "text, beat, beats, ratio",
-    [("2/4", 2, 2, "2/4"), ("3/4", 2, 3, "3/4"), ("6/8", 3, 2, "6/8"), ("12/8", 3, 4, "12/8"), ("2/2", 4, 2, "2/2"),
-     ("7/8", 1, 7, "7/8"), (" 4/4 ", 2, 4, "4/4")],
+    [
+        ("2/4", 2, 2, "2/4"),
+        ("3/4", 2, 3, "3/4"),
+        ("6/8", 3, 2, "6/8"),
+        ("12/8", 3, 4, "12/8"),
+        ("2/2", 4, 2, "2/2"),
+        ("7/8", 1, 7, "7/8"),
+        (" 4/4 ", 2, 4, "4/4"),
+    ],
 )
 def test_meter_parse(text, beat, beats, ratio):
     m = Meter.parse(text)
@@ -31,14 +38,15 @@ def test_model_matches_the_features():
 
 def _notes(events: list[tuple[float, float, int]]) -> TatumNotes:
     """(onset, length, pitch) in eighths -> the model's sixteenth grid."""
-    return TatumNotes.from_arrays([2 * a for a, _, _ in events], [2 * (a + d) for a, d, _ in events],
-                                  [p for _, _, p in events])
+    return TatumNotes.from_arrays(
+        [2 * a for a, _, _ in events], [2 * (a + d) for a, d, _ in events], [p for _, _, p in events]
+    )
 
 
 def _bars(pattern, bars: int, bar_len: int, start: float = 0.0, melody=(72, 74, 76, 77, 79, 76, 74, 72)):
     out = []
     for b in range(bars):
-        for (on, dur, voice) in pattern:
+        for on, dur, voice in pattern:
             pitch = melody[(b + int(on)) % len(melody)] if voice == "m" else (48 if b % 2 == 0 else 43)
             out.append((start + b * bar_len + on, dur, pitch))
     return out
@@ -64,7 +72,7 @@ def test_a_jig_is_in_compound_time():
 
 def test_a_fixed_meter_still_finds_the_phase():
     march = [(0, 4, "b"), (0, 2, "m"), (2, 2, "m"), (4, 4, "m"), (4, 4, "b")]
-    events = [(0.0, 2.0, 67)] + _bars(march, 12, 8, start=2.0)
+    events = [(0.0, 2.0, 67), *_bars(march, 12, 8, start=2.0)]
     choice = choose_meter(_notes(events), [Meter(2, 4)])
     assert choice.meter.ratio == "4/4" and choice.pickup_units == 4
     assert np.isinf(choice.margin)  # nothing to compare against

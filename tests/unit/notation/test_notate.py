@@ -61,7 +61,7 @@ def test_garbage_time_signature_is_permanent(bad):
 def test_unexpected_failures_follow_the_one_rule():
     class Exploding(NotationConfig):
         @property
-        def min_note_ms(self):  # noqa: D401 - a config that breaks mid-run
+        def min_note_ms(self):
             raise RuntimeError("boom")
 
     with pytest.raises(UnexpectedError) as info:
@@ -84,9 +84,14 @@ def test_a_pickup_is_an_implicit_measure_zero(tmp_path):
 
 def test_parts_staves_names_and_clefs(tmp_path):
     notes = [
-        Note(0.0, 1.0, 72, stem="other"), Note(0.0, 1.0, 60, stem="other"), Note(0.0, 1.0, 45, stem="other"),
-        Note(1.0, 2.0, 74, stem="other"), Note(1.0, 2.0, 43, stem="other"),
-        Note(0.0, 1.0, 38, stem="bass"), Note(0.0, 1.0, 67, stem="vocals"), Note(0.0, 1.0, 52, stem="guitar"),
+        Note(0.0, 1.0, 72, stem="other"),
+        Note(0.0, 1.0, 60, stem="other"),
+        Note(0.0, 1.0, 45, stem="other"),
+        Note(1.0, 2.0, 74, stem="other"),
+        Note(1.0, 2.0, 43, stem="other"),
+        Note(0.0, 1.0, 38, stem="bass"),
+        Note(0.0, 1.0, 67, stem="vocals"),
+        Note(0.0, 1.0, 52, stem="guitar"),
     ]
     result = notate(notes, NotationConfig(tempo_override=120, time_signature="4/4"))
 
@@ -138,7 +143,8 @@ def test_result_survives_pickling(tmp_path):
         clone = pickle.loads(pickle.dumps(result))
         assert (clone.key, clone.tempo_bpm, clone.pickup_ql) == (result.key, result.tempo_bpm, result.pickup_ql)
         assert written_notes(parse_xml(write_musicxml(clone.score, tmp_path / "c.musicxml"))) == written_notes(
-            result.score)
+            result.score
+        )
 
 
 # --------------------------------------------------------------------------- property test

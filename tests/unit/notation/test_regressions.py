@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from music21 import key, meter, note, stream
@@ -28,10 +27,37 @@ def _alberti_in_b_flat():
     the accompaniment lies between F3 and F4, the melody between A4 and G5."""
     s = stream.Score()
     rh, lh = stream.Part(), stream.Part()
-    melody = [(70, 2), (72, 1), (74, 1), (75, 2), (74, 2), (72, 1), (70, 1), (69, 2), (70, 4),
-              (74, 2), (75, 1), (77, 1), (79, 2), (77, 2), (75, 1), (74, 1), (72, 2), (70, 4)]
-    harmony = [(58, 65, 62), (58, 65, 62), (55, 63, 58), (53, 60, 57), (58, 65, 62),
-               (58, 65, 62), (55, 63, 58), (53, 60, 57), (58, 65, 62)]
+    melody = [
+        (70, 2),
+        (72, 1),
+        (74, 1),
+        (75, 2),
+        (74, 2),
+        (72, 1),
+        (70, 1),
+        (69, 2),
+        (70, 4),
+        (74, 2),
+        (75, 1),
+        (77, 1),
+        (79, 2),
+        (77, 2),
+        (75, 1),
+        (74, 1),
+        (72, 2),
+        (70, 4),
+    ]
+    harmony = [
+        (58, 65, 62),
+        (58, 65, 62),
+        (55, 63, 58),
+        (53, 60, 57),
+        (58, 65, 62),
+        (58, 65, 62),
+        (55, 63, 58),
+        (53, 60, 57),
+        (58, 65, 62),
+    ]
     for part in (rh, lh):
         part.insert(0, meter.TimeSignature("4/4"))
         part.insert(0, key.Key("B-"))
@@ -91,7 +117,7 @@ def test_a_chorale_in_three_with_its_pickup(scores):
 
 
 def test_a_chorale_s_quarters_come_out_as_quarters(scores):
-    _, result, xml = scores["bwv269"]
+    _, _result, xml = scores["bwv269"]
     parsed = parse_xml(xml)
     assert tied_fraction(parsed) < 0.15
     types = [el.duration.type for el in parsed.recurse().notes]

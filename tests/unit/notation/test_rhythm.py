@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from rescored_ray.notation.beats import TempoMap
 from rescored_ray.notation.meter import Meter

@@ -30,8 +30,13 @@ def test_estimate_key_major_minor_transposed_and_default():
 
 @pytest.mark.parametrize(
     "text, tonic, mode, sharps",
-    [("Gm", "G", "minor", -2), ("G minor", "G", "minor", -2), ("F#", "F#", "major", 6), ("Bb major", "B-", "major", -2),
-     ("e", "E", "minor", 1)],
+    [
+        ("Gm", "G", "minor", -2),
+        ("G minor", "G", "minor", -2),
+        ("F#", "F#", "major", 6),
+        ("Bb major", "B-", "major", -2),
+        ("e", "E", "minor", 1),
+    ],
 )
 def test_parse_key(text, tonic, mode, sharps):
     k = parse_key(text)

@@ -16,8 +16,8 @@ def test_an_alberti_bass_above_middle_c_stays_in_the_left_hand():
         notes.append(QNote(bar * 4 * TPQ, bar * 4 * TPQ + 2 * TPQ, 76 + bar))
         notes.append(QNote(bar * 4 * TPQ + 2 * TPQ, bar * 4 * TPQ + 4 * TPQ, 74 + bar))
     hands = assign_hands(notes)
-    assert all(h == 1 for q, h in zip(notes, hands) if q.pitch < 70)
-    assert all(h == 0 for q, h in zip(notes, hands) if q.pitch >= 74)
+    assert all(h == 1 for q, h in zip(notes, hands, strict=False) if q.pitch < 70)
+    assert all(h == 0 for q, h in zip(notes, hands, strict=False) if q.pitch >= 74)
 
 
 def test_a_single_line_gets_one_staff():
