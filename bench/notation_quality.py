@@ -68,19 +68,21 @@ def _error(exc: BaseException) -> dict:
 
 
 def make_pipeline(config_path: str | None):
-    from rescored_ray.config import load_config
     from rescored_ray.pipeline import Pipeline
+    from rescored_ray.settings import load_settings
 
-    cfg = load_config(
+    settings = load_settings(
         config_path,
         overrides={
-            "separation": {"model": "none"},
-            "transcription": {"stems": ["mix"]},
-            "write_stems": False,
-            "write_preview": False,
+            "pipeline": {
+                "separation": {"model": "none"},
+                "transcription": {"stems": ["mix"]},
+                "write_stems": False,
+                "write_preview": False,
+            }
         },
     )
-    return Pipeline(cfg)
+    return Pipeline(settings.pipeline)
 
 
 def transcribe_cached(pipeline, piece: devset.DevPiece, stems: dict, cache: Path) -> dict:

@@ -334,10 +334,140 @@ def accuracy(model: MeterModel, xs, ys, hyps) -> dict:
     return {"meter": meter_ok / n, "meter_and_phase": phase_ok / n, "n": len(xs)}
 
 
+# --------------------------------------------------------------------------- rendered pieces
+
+RENDER_CACHE = ROOT / "bench" / ".cache" / "meter_rendered"
+PROGRAMS = (0, 0, 0, 73, 40, 25)  # piano mostly; flute, violin and steel guitar for single lines
+
+
+def _render_and_transcribe(args: tuple[Piece, int]) -> dict | None:
+    """One piece rendered (random tempo and instrument, sometimes drifting), transcribed by Basic
+    Pitch and put on the eighth grid exactly as :func:`rescored_ray.notation.score_grid` does.
+
+    Returns the notes on the sixteenth grid and the true first downbeat on it (relative to the
+    first onset), or None when the beat tracker found another level than the truth's eighths.
+    """
+    piece, seed = args
+    path = RENDER_CACHE / f"{piece.name.replace('/', '_')}-{seed}.npz"
+    if path.is_file():
+        data = np.load(path)
+        return {k: data[k] for k in data.files} if data["ok"] else None
+    from rescored_ray.config import NotationConfig
+    from rescored_ray.decode import decode_audio
+    from rescored_ray.notation import meter_evidence
+    from rescored_ray.notation.clean import clean_notes
+    from tests import media
+
+    rng = np.random.default_rng(seed)
+    bars = int(rng.integers(12, 25))
+    stop = piece.downbeat + bars * piece.bar_eighths
+    keep = piece.onset < stop
+    quarter_bpm = float(rng.uniform(72, 132)) * (1.5 if piece.meter.compound else 1.0)
+    drift = float(rng.choice([0.0, 0.0, rng.uniform(-0.08, 0.08)]))
+    lead = 0.3
+    total = float(stop)
+
+    def seconds(eighths: np.ndarray) -> np.ndarray:  # tempo ramps by `drift` over the excerpt
+        k = drift / total
+        base = 30.0 / quarter_bpm
+        return lead + (base * eighths if k == 0 else base * np.log1p(k * eighths) / k)
+
+    on, off = seconds(piece.onset[keep]), seconds(np.minimum(piece.end[keep], stop))
+    mono = not np.any(piece.onset[keep][1:] < piece.end[keep][:-1] - 1e-6)
+    program = int(rng.choice(PROGRAMS)) if mono else 0
+    notes = media._merge_unisons(
+        [media._Note(float(a), float(b), int(p), 85, "x") for a, b, p in zip(on, off, piece.pitch[keep], strict=True)]
+    )
+    out = RENDER_CACHE / "wav"
+    rendered = media._render(
+        out,
+        f"{piece.name.replace('/', '_')}-{seed}",
+        [("x", program, False, notes)],
+        quarter_bpm,
+        max(n.offset for n in notes),
+        0.5,
+        None,
+        0.8,
+        -1.0,
+        {"source": piece.name, "lead_in_s": lead},
+    )
+    audio = decode_audio(rendered.path, max_duration_s=300)
+    rendered.path.unlink()
+    rendered.midi_path.unlink()
+    transcribed = clean_notes(_TRANSCRIBER.transcribe(audio), NotationConfig())
+    evidence = meter_evidence(transcribed, NotationConfig(), None, audio.samples, audio.sample_rate, [])
+    ok = evidence.notes is not None and evidence.tracked
+    result: dict = {"ok": np.array(ok)}
+    if ok:
+        period = float(np.median(evidence.eighths.periods()))
+        first_period = float(seconds(np.array([1.0]))[0] - seconds(np.array([0.0]))[0])
+        down = float(evidence.eighths.position(seconds(np.array([piece.downbeat])))[0]) * UNITS_PER_EIGHTH
+        rel = round(down) - int(evidence.notes.onset.min())
+        ok = abs(period / first_period - 1) < 0.15 and abs(down - round(down)) < 0.25 and round(down) % UNITS_PER_EIGHTH == 0
+        result = {
+            "ok": np.array(ok),
+            "onset": evidence.notes.onset,
+            "end": evidence.notes.end,
+            "pitch": evidence.notes.pitch,
+            "rel_down": np.array(rel),
+            "meter": np.array([piece.meter.beat_tatums, piece.meter.beats_per_bar]),
+            "compound_only": np.array(all(m.compound for m in evidence.candidates)),
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **result)
+    return result if ok else None
+
+
+_TRANSCRIBER = None
+
+
+def _init_worker() -> None:
+    global _TRANSCRIBER
+    from rescored_ray.config import TranscriptionConfig
+    from rescored_ray.transcription import Transcriber
+
+    _TRANSCRIBER = Transcriber(TranscriptionConfig(stems=["mix"]))
+
+
+def rendered_dataset(pieces: list[Piece], count: int, seed: int, jobs: int):
+    """Examples from ``count`` pieces (balanced over meters) as the pipeline really sees them."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    rng = np.random.default_rng(seed + 1)
+    by_meter: dict[str, list[Piece]] = {}
+    for p in pieces:
+        by_meter.setdefault(p.meter.ratio, []).append(p)
+    chosen: list[Piece] = []
+    per = max(1, count // len(by_meter))
+    for group in by_meter.values():
+        chosen += [group[i] for i in rng.permutation(len(group))[:per]]
+    jobs_args = [(p, seed + i) for i, p in enumerate(chosen)]
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker) as pool:
+        results = list(pool.map(_render_and_transcribe, jobs_args, chunksize=2))
+    xs, ys, names = [], [], []
+    for piece, res in zip(chosen, results, strict=True):
+        if res is None:
+            continue
+        notes = TatumNotes(res["onset"], res["end"], res["pitch"])
+        hyps, rows = hypotheses(notes)
+        meter = Meter(int(res["meter"][0]), int(res["meter"][1]))
+        rel = int(res["rel_down"])
+        truth = [m == meter and p % _bar(m) == rel % _bar(m) for m, p in hyps]
+        if any(truth):
+            xs.append(rows)
+            ys.append(int(np.argmax(truth)))
+            names.append(piece.name)
+    print(f"rendered: {len(xs)} usable examples of {len(chosen)} pieces")
+    return xs, ys, names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--copies", type=int, default=1, help="noisy copies of each piece")
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--copies", type=int, default=1, help="noisy copies of each symbolic piece")
+    ap.add_argument("--rendered", type=int, default=480, help="pieces also rendered and transcribed")
+    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--ensemble", type=int, default=5, help="models fitted from different starts")
+    ap.add_argument("--jobs", type=int, default=2, help="processes rendering and transcribing")
     ap.add_argument("--limit", type=int, default=None, help="files per corpus collection (quick runs)")
     ap.add_argument("--cv-only", action="store_true")
     ap.add_argument("--seed", type=int, default=13)
@@ -351,34 +481,61 @@ def main() -> None:
         by_meter[p.meter.ratio] = by_meter.get(p.meter.ratio, 0) + 1
     print(f"{len(pieces)} pieces ({time.time() - t0:.0f} s): {dict(sorted(by_meter.items()))}")
     xs, ys, groups = dataset(pieces, args.copies, args.seed)
+    names = [pieces[g].name for g in groups]
+    rx, ry, rnames = rendered_dataset(pieces, args.rendered, args.seed, args.jobs) if args.rendered else ([], [], [])
     hyps = [(m, p) for m in METERS for p in range(0, _bar(m), UNITS_PER_EIGHTH)]
-    print(f"{len(xs)} examples, {len(FEATURES)} features")
+    print(f"{len(xs)} symbolic + {len(rx)} rendered examples, {len(FEATURES)} features ({time.time() - t0:.0f} s)")
 
-    rng = np.random.default_rng(args.seed)
-    fold_of = rng.integers(0, args.folds, len(pieces))[groups]
+    # cross-validation by piece: a piece's symbolic and rendered examples fall in the same fold
+    fold = {
+        n: int(h)
+        for n, h in zip(
+            sorted(set(names) | set(rnames)),
+            np.random.default_rng(args.seed).integers(0, args.folds, 10**6),
+            strict=False,
+        )
+    }
     cv = []
     for f in range(args.folds):
-        tr = [i for i in range(len(xs)) if fold_of[i] != f]
-        te = [i for i in range(len(xs)) if fold_of[i] == f]
-        w = fit([xs[i] for i in tr], [ys[i] for i in tr])
-        cv.append(accuracy(w, [xs[i] for i in te], [ys[i] for i in te], hyps))
-    meter_acc = float(np.mean([c["meter"] for c in cv]))
-    phase_acc = float(np.mean([c["meter_and_phase"] for c in cv]))
-    print(f"{args.folds}-fold CV by piece: meter right {meter_acc:.3f}, meter and bar phase right {phase_acc:.3f}")
+        tx = [x for x, n in zip(xs + rx, names + rnames, strict=True) if fold[n] != f]
+        ty = [y for y, n in zip(ys + ry, names + rnames, strict=True) if fold[n] != f]
+        model = fit(tx, ty)
+        sym = accuracy(
+            model,
+            [x for x, n in zip(xs, names, strict=True) if fold[n] == f],
+            [y for y, n in zip(ys, names, strict=True) if fold[n] == f],
+            hyps,
+        )
+        ren = accuracy(
+            model,
+            [x for x, n in zip(rx, rnames, strict=True) if fold[n] == f],
+            [y for y, n in zip(ry, rnames, strict=True) if fold[n] == f],
+            hyps,
+        )
+        cv.append((sym, ren))
+    report = {
+        kind: {
+            "meter": round(float(np.mean([c[i]["meter"] for c in cv])), 4),
+            "meter_and_phase": round(float(np.mean([c[i]["meter_and_phase"] for c in cv])), 4),
+        }
+        for i, kind in enumerate(("symbolic", "rendered"))
+    }
+    print(f"{args.folds}-fold CV by piece: {report}")
     if args.cv_only:
         return
-    model = fit(xs, ys)
+    models = [fit(xs + rx, ys + ry, seed=k) for k in range(args.ensemble)]
     MODEL_PATH.write_text(
         json.dumps(
             {
-                "about": "meter model (one hidden layer beside a linear term), fitted by bench/train_meter.py "
-                "on music21's corpus",
+                "about": "meter models (one hidden layer beside a linear term; scores averaged), fitted by "
+                "bench/train_meter.py on music21's corpus: symbolic pieces with simulated noise, and "
+                "FluidSynth renders transcribed by Basic Pitch",
                 "date": dt.date.today().isoformat(),
                 "pieces": len(pieces),
                 "pieces_by_meter": by_meter,
-                "examples": len(xs),
-                "cv": {"folds": args.folds, "meter": round(meter_acc, 4), "meter_and_phase": round(phase_acc, 4)},
-                "model": model.to_dict(),
+                "examples": {"symbolic": len(xs), "rendered": len(rx)},
+                "cv": {"folds": args.folds, **report},
+                "models": [m.to_dict() for m in models],
             }
         )
         + "\n"

@@ -1,10 +1,10 @@
 """A finished transcription as a notebook-friendly object.
 
 ``Score`` is what the SDK hands back, whether the job ran in the service, in a batch,
-or in this process: the MusicXML text, the MIDI bytes, the stems, the cleaned notes as
-a table, key and tempo. A notebook cell that ends in a Score shows the first page of the
-sheet music (verovio SVG); files are fetched lazily, so a Score of a remote job costs
-one request until you ask for stems.
+or in this process: the MusicXML text, the MIDI bytes, the PDF and page pictures, the
+stems, the cleaned notes as a table, key, meter and tempo. A notebook cell that ends in a
+Score shows every page of the sheet music (verovio SVG); files are fetched lazily, so a
+Score of a remote job costs one request until you ask for its files.
 """
 
 from __future__ import annotations
@@ -100,6 +100,22 @@ class Score:
         )
 
     @property
+    def pdf(self) -> bytes:
+        """All pages in one PDF."""
+        return self.output("pdf")
+
+    @property
+    def pages(self) -> list[str]:
+        """Every page of the sheet music as SVG, in order: the job's own pictures, else rendered
+        here with verovio (the ``pipeline`` extra)."""
+        written = layout.files_of("pages", self.outputs)
+        if written:
+            return [self.file(written[n]).decode("utf-8") for n in sorted(written, key=int)]
+        from rescored_ray.notation import render_pages
+
+        return render_pages(self.musicxml)
+
+    @property
     def key(self) -> str | None:
         return self.result.get("key")
 
@@ -110,6 +126,11 @@ class Score:
     @property
     def time_signature(self) -> str | None:
         return self.result.get("time_signature")
+
+    @property
+    def pickup(self) -> float:
+        """Length of the anacrusis in quarter notes (0: the score starts on a downbeat)."""
+        return float(self.result.get("pickup_ql") or 0.0)
 
     @property
     def title(self) -> str | None:
@@ -125,17 +146,16 @@ class Score:
 
     # -- display ------------------------------------------------------------------------------
     def svg(self, page: int = 1) -> str:
-        """One page of the sheet music as SVG: the job's own preview for the first page, else
-        rendered here with verovio (the ``pipeline`` extra)."""
+        """One page (1-based) of the sheet music as SVG."""
+        written = layout.files_of("pages", self.outputs)
+        if str(page) in written:
+            return self.file(written[str(page)]).decode("utf-8")
         preview = layout.file("preview")
         if page == 1 and preview in self.outputs:
             return self.file(preview).decode("utf-8")
         from rescored_ray.notation import render_svg
 
         return render_svg(self.musicxml, page=page)
-
-    def _repr_svg_(self) -> str:
-        return self.svg()
 
     def _repr_html_(self) -> str:
         caption = " · ".join(
@@ -148,7 +168,8 @@ class Score:
             )
             if part
         )
-        return f"<figure style='margin:0'>{self.svg()}<figcaption>{caption}</figcaption></figure>"
+        pages = "".join(f"<div style='margin-bottom:1em'>{svg}</div>" for svg in self.pages)
+        return f"<figure style='margin:0'>{pages}<figcaption>{caption}</figcaption></figure>"
 
     def __repr__(self) -> str:
         return (

@@ -58,6 +58,7 @@ SCHEMA = pa.schema(
         ("key", pa.string()),
         ("tempo_bpm", pa.float64()),
         ("time_signature", pa.string()),
+        ("pickup_ql", pa.float64()),
         ("separation_model", pa.string()),
         ("stems", pa.list_(pa.string())),
         *[(f"{stage}_s", pa.float64()) for stage in STAGE_SECONDS],

@@ -290,6 +290,7 @@ def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
                 key=result.key,
                 tempo_bpm=result.tempo_bpm,
                 time_signature=result.time_signature,
+                pickup_ql=result.pickup_ql,
                 separation_model=result.separation_model,
                 stems=result.stems,
                 notation_s=round(timeline.seconds().get("notation", 0.0), 4),

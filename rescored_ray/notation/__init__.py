@@ -65,6 +65,8 @@ MAX_SCORE_SECONDS = 3600.0
 """Notes past one hour are dropped: a stray timestamp must not make a million-bar
 score (the longest accepted recording is 15 minutes)."""
 CREDIT = "rescored-ray"
+CUT_TIME_BPM = 160.0
+"""Above this many quarter notes a minute, 4/4 is written 2/2: two half-note beats a bar."""
 
 
 @dataclass
@@ -177,7 +179,8 @@ def _notate(
     all_q = [q for qs in placed.values() for q in qs]
     key_sig, spelling = _key_and_spelling(all_q, key_override)
     n_measures = max(1, grid.measure_of(max((q.off for q in all_q), default=1) - 1) + 1)
-    marks = tempo_marks(grid, max(1, grid.measure_of(max((q.on for q in all_q), default=0)) + 1))
+    # the last measure's beats ring out into silence: its tempo is the one before it
+    marks = tempo_marks(grid, max(1, grid.measure_of(max((q.on for q in all_q), default=0))))
     score = _engrave(plans, grid, n_measures, key_sig, spelling, marks, cfg.title or title, artist)
     counts = {stem: len(ns) for stem, ns in cleaned.items()}
     first_number = 0 if grid.pickup else 1
@@ -232,15 +235,27 @@ def _clean(
     return cleaned
 
 
-def score_grid(
+@dataclass(frozen=True)
+class MeterEvidence:
+    """What the meter is chosen from: the eighth-note grid and the notes on it."""
+
+    eighths: beats_mod.TempoMap
+    notes: TatumNotes | None
+    candidates: tuple[Meter, ...]
+    tracked: bool
+    """Whether the grid comes from tracked beats (not an override or the default tempo)."""
+
+
+def meter_evidence(
     notes: Sequence[Note],
     cfg: NotationConfig,
     fixed_meter: Meter | None,
     audio: np.ndarray | None,
     sample_rate: int | None,
     warnings: list[str],
-) -> ScoreGrid:
-    """Beats, meter, bar phase and pickup: where every tick of the score falls in the recording."""
+) -> MeterEvidence:
+    """The eighth-note grid of the recording and the notes on it (``bench/train_meter.py`` fits
+    the meter model on exactly this, from renders)."""
     onsets = np.array([n.start_s for n in notes], dtype=np.float64)
     tracked = None
     if cfg.tempo_override is not None:
@@ -258,24 +273,43 @@ def score_grid(
             if tracked is not None
             else _constant_eighths(onsets, 30.0 / DEFAULT_BPM)
         )
-    candidates: Sequence[Meter] = METERS
+    candidates: tuple[Meter, ...] = METERS
     if fixed_meter is not None:
-        candidates = [fixed_meter]
+        candidates = (fixed_meter,)
     elif tracked is not None and beats_mod.subdivision(tracked, onsets) == 3:
-        candidates = [m for m in METERS if m.compound]  # beats heard in thirds
+        candidates = tuple(m for m in METERS if m.compound)  # beats heard in thirds
+    grid_notes = None
+    if notes:
+        ends = np.array([n.end_s for n in notes], dtype=np.float64)
+        grid_notes = TatumNotes.from_arrays(
+            eighths.position(onsets) * UNITS_PER_EIGHTH,
+            eighths.position(ends) * UNITS_PER_EIGHTH,
+            [n.pitch for n in notes],
+        )
+    return MeterEvidence(eighths, grid_notes, candidates, tracked is not None)
+
+
+def score_grid(
+    notes: Sequence[Note],
+    cfg: NotationConfig,
+    fixed_meter: Meter | None,
+    audio: np.ndarray | None,
+    sample_rate: int | None,
+    warnings: list[str],
+) -> ScoreGrid:
+    """Beats, meter, bar phase and pickup: where every tick of the score falls in the recording."""
+    evidence = meter_evidence(notes, cfg, fixed_meter, audio, sample_rate, warnings)
+    eighths = evidence.eighths
     finest = max(1, TPQ // int(cfg.divisions_per_quarter))
-    if not notes:
+    if evidence.notes is None:
         return ScoreGrid(eighths, fixed_meter or Meter(2, 4), origin=0, pickup=0, finest=finest)
+    choice = choose_meter(evidence.notes, evidence.candidates)
+    meter = choice.meter
+    if fixed_meter is None and meter == Meter(2, 4) and 30.0 / float(np.median(eighths.periods())) > CUT_TIME_BPM:
+        meter = Meter(4, 2)  # fast common time is read in two: alla breve
     units = UNITS_PER_EIGHTH
-    ends = np.array([n.end_s for n in notes], dtype=np.float64)
-    grid_notes = TatumNotes.from_arrays(
-        eighths.position(onsets) * units, eighths.position(ends) * units, [n.pitch for n in notes]
-    )
-    choice = choose_meter(grid_notes, candidates)
-    first = int(grid_notes.onset.min())
-    return ScoreGrid(
-        eighths, choice.meter, origin=first / units, pickup=choice.pickup_units * EIGHTH // units, finest=finest
-    )
+    first = int(evidence.notes.onset.min())
+    return ScoreGrid(eighths, meter, origin=first / units, pickup=choice.pickup_units * EIGHTH // units, finest=finest)
 
 
 def _constant_eighths(onsets: np.ndarray, period: float) -> beats_mod.TempoMap:
@@ -332,7 +366,7 @@ def _engrave(
     top = list(parts[0].getElementsByClass(stream.Measure))
     for index, bpm in marks:
         m = top[index]
-        m.coreInsert(0, tempo_mark(bpm, grid.meter.compound))
+        m.coreInsert(0, tempo_mark(bpm, grid.meter))
         m.coreElementsChanged()
     score.coreElementsChanged()
     return score

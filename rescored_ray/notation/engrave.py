@@ -457,10 +457,10 @@ def add_grand_staff(score: stream.Score, staves: list[stream.Part], name: str) -
     score.coreInsert(0, layout.StaffGroup(staves, name=name, symbol="brace", barTogether=True))
 
 
-def tempo_mark(quarter_bpm: float, compound: bool) -> tempo.MetronomeMark:
-    """A metronome mark in the meter's beat (a dotted quarter in compound meters): a readable
-    whole number printed, the exact tempo for playback."""
-    beat_ql = 1.5 if compound else 1.0
+def tempo_mark(quarter_bpm: float, meter: Meter) -> tempo.MetronomeMark:
+    """A metronome mark in the meter's beat (a dotted quarter in compound meters, a half in
+    2/2): a readable whole number printed, the exact tempo for playback."""
+    beat_ql = float(meter.beat_ql)
     beat_bpm = quarter_bpm / beat_ql
     mm = tempo.MetronomeMark(number=round(beat_bpm), referent=duration.Duration(beat_ql))
     mm.numberSounding = round(beat_bpm, 3)

@@ -234,6 +234,10 @@ FEATURES: tuple[str, ...] = (
     "pickup:long",
     "end:down",
     "end:beat",
+    "first_down:length",
+    "first_down:harmony",
+    "first_down:bass",
+    "first_down:count",
     *(f"meter:{m.ratio}" for m in METERS),
 )
 """Names of the model's inputs, in order (the model file records them, so a stale model is refused)."""
@@ -363,14 +367,25 @@ def _features(sig: _Signals, meter: Meter, phase: int) -> np.ndarray:
     )
     last = int(sig.starts.max())
     out.extend([float(lv[last] == 3), float(lv[last] in (1, 2))])
+    # the first downbeat: a pickup leads to a long note, a new harmony, a bass note
+    first_down = phase % _bar(meter)
+    for signal in (sig.length, sig.harmony, sig.bass, sig.count):
+        mean = float(signal.mean())
+        here = float(signal[first_down]) if first_down < signal.size else 0.0
+        out.append(float(np.log((here + 0.05) / (mean + 0.05))))
     out.extend(float(m == meter) for m in METERS)
     return np.asarray(out, dtype=np.float64)
 
 
 def hypotheses(notes: TatumNotes, meters: Sequence[Meter] = METERS) -> tuple[list[tuple[Meter, int]], np.ndarray]:
-    """Every (meter, phase) and its feature row; phases relative to the first onset."""
+    """Every (meter, phase) and its feature row; phases relative to the first onset.
+
+    Downbeats fall on the eighth-note lines of the grid (even positions), wherever the
+    first onset landed: a transcribed onset a sixteenth late must not shift every barline.
+    """
     sig = _signals(notes)
-    hyps = [(m, p) for m in meters for p in range(0, _bar(m), UNITS_PER_EIGHTH)]
+    offset = (-sig.first) % UNITS_PER_EIGHTH
+    hyps = [(m, p) for m in meters for p in range(offset, _bar(m), UNITS_PER_EIGHTH)]
     rows = np.vstack([_features(sig, m, p) for m, p in hyps])
     return hyps, rows
 
@@ -407,12 +422,26 @@ class MeterModel:
         return cls(**{k: np.asarray(data[k], dtype=np.float64) for k in ("mean", "std", "w1", "b1", "w2", "v")})
 
 
+@dataclass(frozen=True)
+class MeterEnsemble:
+    """Several models fitted from different starts; their scores are averaged (steadier
+    choices on pieces near a decision boundary than any one of them)."""
+
+    members: tuple[MeterModel, ...]
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(np.mean([m.scores(rows) for m in self.members], axis=0))
+
+
 @lru_cache(maxsize=1)
-def default_model() -> MeterModel:
-    return MeterModel.from_dict(json.loads(MODEL_PATH.read_text())["model"])
+def default_model() -> MeterEnsemble:
+    data = json.loads(MODEL_PATH.read_text())
+    return MeterEnsemble(tuple(MeterModel.from_dict(m) for m in data["models"]))
 
 
-def choose_meter(notes: TatumNotes, meters: Sequence[Meter] = METERS, model: MeterModel | None = None) -> MeterChoice:
+def choose_meter(
+    notes: TatumNotes, meters: Sequence[Meter] = METERS, model: MeterModel | MeterEnsemble | None = None
+) -> MeterChoice:
     """The best-scoring meter and phase for ``notes`` (at least one note)."""
     if len(notes) == 0:
         raise ValueError("choose_meter needs at least one note")

@@ -9,8 +9,8 @@ Quantisation prefers the simplest values that explain the audio. Each beat picks
 one subdivision for all the onsets in it (plain beat, eighths, sixteenths, triplets,
 thirty-seconds) by trading the timing error (Gaussian, :data:`JITTER_S`) against a
 cost per level of complexity, so a quarter stays a quarter when the model's onsets
-jitter by 30 ms and triplets appear only where they fit clearly better than
-sixteenths. An offset close to a later onset snaps to it (legato), otherwise it is
+jitter by 30 ms, and triplets appear only where at least two onsets of a beat need them
+and they fit clearly better than sixteenths. An offset close to a later onset snaps to it (legato), otherwise it is
 rounded to an eighth (a sixteenth for very short notes).
 """
 
@@ -34,8 +34,10 @@ JITTER_S = 0.035
 LEGATO_S = 0.12
 """An offset this close to a later onset (or a quarter of the note, if longer) ends there."""
 
+TRIPLET_STEP = TPQ // 3
+"""An eighth-note triplet."""
 # (ticks per step, complexity) for each subdivision a beat may use.
-_SIMPLE_GRIDS = ((24, 0.0), (12, 1.0), (6, 2.4), (8, 3.4), (3, 6.0))
+_SIMPLE_GRIDS = ((24, 0.0), (12, 1.0), (6, 2.4), (TRIPLET_STEP, 3.4), (3, 6.0))
 _COMPOUND_GRIDS = ((36, 0.0), (12, 1.0), (6, 2.4), (3, 6.0))
 COMPLEXITY_WEIGHT = 2.5
 """How many squared jitter units one level of complexity is worth."""
@@ -120,7 +122,10 @@ def _grid_for_beat(raw: np.ndarray, beat_start: int, grid: ScoreGrid) -> int:
     best, best_cost = options[0][0], math.inf
     rel = raw - beat_start
     for step, complexity in options:
-        err = (rel - np.round(rel / step) * step) * sec_per_tick / JITTER_S
+        snapped = np.round(rel / step) * step
+        if step == TRIPLET_STEP and np.sum(snapped % (TPQ // 4) != 0) < 2:
+            continue  # a triplet needs at least two onsets of its own; one alone is a late note
+        err = (rel - snapped) * sec_per_tick / JITTER_S
         cost = float(np.sum(err**2)) + COMPLEXITY_WEIGHT * complexity
         if cost < best_cost - 1e-9:
             best, best_cost = step, cost
@@ -189,7 +194,7 @@ def _cut_same_pitch_overlaps(qs: list[QNote]) -> None:
         last[(q.pitch, q.stem)] = q
 
 
-TEMPO_TOLERANCE_S = 0.04
+TEMPO_TOLERANCE_S = 0.025
 """A new tempo mark is written only where keeping the current one would put the
 performance this far off the written beat: a tempo change that persists, not rubato."""
 

@@ -122,14 +122,24 @@ def assign_hands(notes: Sequence[QNote], context_ticks: int = 24) -> list[int]:
 
 
 def _polyphony(notes: Sequence[QNote]) -> float:
-    """Share of notes that sound together with another note (a melody: about 0)."""
-    ordered = sorted(notes, key=lambda q: (q.on, q.off))
-    on = np.array([q.on for q in ordered])
-    off = np.array([q.off for q in ordered])
-    earlier_end = np.concatenate([[-1], np.maximum.accumulate(off)[:-1]])
-    with_earlier = on < earlier_end
-    with_later = np.concatenate([on[1:] < off[:-1], [False]])
-    return float(np.mean(with_earlier | with_later))
+    """Share of notes that really sound together with another note (a melody: about 0).
+
+    Legato overlaps of a line (the transcriber often lets a note ring into the next) do
+    not count: two notes sound together when they overlap by an eighth and by half the
+    shorter one.
+    """
+    ordered = sorted(notes, key=lambda q: q.on)
+    together = [False] * len(ordered)
+    active: list[int] = []
+    for i, q in enumerate(ordered):
+        active = [j for j in active if ordered[j].off > q.on]
+        for j in active:
+            other = ordered[j]
+            overlap = min(other.off, q.off) - q.on
+            if overlap >= EIGHTH and overlap >= 0.5 * min(other.length, q.length):
+                together[i] = together[j] = True
+        active.append(i)
+    return sum(together) / len(ordered)
 
 
 # --------------------------------------------------------------------------- voices

@@ -264,12 +264,15 @@ def _public_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     keep = (
         "title",
+        "artist",
         "duration_s",
         "n_notes",
         "n_notes_by_stem",
         "key",
         "tempo_bpm",
         "time_signature",
+        "pickup_ql",
+        "tempo_changes",
         "separation_model",
         "stems",
         "timings",

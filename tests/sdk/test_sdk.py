@@ -79,12 +79,15 @@ def test_result_is_a_score_with_real_notes(finished, chorale, tmp_path):
     assert (folder / "notes.csv").is_file() and (folder / "result.json").is_file()
 
 
-def test_score_renders_sheet_music(finished):
+def test_score_shows_every_page(finished):
     score = finished[0].result(progress=False)
-    svg = score._repr_svg_()
-    assert svg.lstrip().startswith(("<svg", "<?xml")) and svg.count('class="note"') > 20
+    pages = score.pages
+    assert pages and all(p.lstrip().startswith(("<svg", "<?xml")) for p in pages)
+    assert sum(p.count('class="note"') for p in pages) > 20
+    assert score.svg(1) == pages[0]
+    assert score.pdf[:4] == b"%PDF"
     html = score._repr_html_()
-    assert "<svg" in html and score.key in html
+    assert html.count("<svg") >= len(pages) and score.key in html
 
 
 def test_stems_of_a_separated_job(client, chorale_url):

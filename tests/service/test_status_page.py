@@ -154,8 +154,11 @@ def test_submit_watch_progress_see_score_and_download(browser, service_url, http
     timeline = query(browser, "return [...document.querySelectorAll('#timeline tbody tr')].map(r => r.textContent);")
     assert any("separation" in line and "Separator" in line for line in timeline), timeline
     stems = {a.get_attribute("id") for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")}
-    assert {"download-musicxml", "download-midi", "download-notes"} <= stems
+    assert {"download-musicxml", "download-midi", "download-notes", "download-pdf"} <= stems
     assert any(name.startswith("download-stem-") for name in stems)
+    pages = query(browser, "return document.querySelectorAll('#score-view img.score-page').length;")
+    job_files = httpx.get(f"{service_url}/api/v1/jobs/{job_id}", timeout=30).json()["result"]["outputs"]
+    assert pages == sum(name.startswith("pages/") for name in job_files) >= 1  # every page shown
 
     until(
         lambda: query(browser, "const d = document.getElementById('q-running'); return d && d.textContent === '0';"),

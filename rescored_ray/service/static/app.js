@@ -190,19 +190,25 @@ async function showScore(jobId) {
     `${result.duration_s} s of audio · separation: ${result.separation_model}`;
   // the job's files come from the service's output layout: a new kind of output shows up here by itself
   const files = job.files || [];
-  const links = files.filter((file) => file.kind !== "preview").map((file) => {
+  const links = files.filter((file) => file.kind !== "preview" && file.kind !== "pages").map((file) => {
     const kind = file.name ? file.kind.replace(/s$/, "") : file.kind;
     const text = file.name ? `${file.name} ${kind}` : kind;
     return el("a", {href: withToken(file.url), id: `download-${kind}${file.name ? "-" + file.name : ""}`,
                     download: "", text});
   });
   document.getElementById("downloads").replaceChildren(...links);
-  const preview = files.find((file) => file.kind === "preview");
-  const image = el("img", {id: "score-image", alt: "first page of the score",
-                           src: withToken(preview ? preview.url : `${API}/scores/${jobId}/preview`)});
-  image.onerror = () => document.getElementById("score-view").replaceChildren(
-    el("p", {text: "no preview for this job (download the MusicXML)"}));
-  document.getElementById("score-view").replaceChildren(image);
+  // every page of the score; a job from before page pictures existed shows its first-page preview
+  let pages = files.filter((file) => file.kind === "pages").sort((a, b) => Number(a.name) - Number(b.name));
+  if (pages.length === 0) {
+    const preview = files.find((file) => file.kind === "preview");
+    pages = [{url: preview ? preview.url : `${API}/scores/${jobId}/preview`}];
+  }
+  const images = pages.map((page, index) => el("img", {
+    id: index === 0 ? "score-image" : `score-page-${index + 1}`, class: "score-page",
+    alt: `page ${index + 1} of the score`, src: withToken(page.url)}));
+  images[0].onerror = () => document.getElementById("score-view").replaceChildren(
+    el("p", {text: "no pictures of this score (download the MusicXML)"}));
+  document.getElementById("score-view").replaceChildren(...images);
   const rows = job.timeline.map((span) => el("tr", {},
     el("td", {text: String(span.attempt)}), el("td", {text: span.stage}),
     el("td", {text: span.seconds == null ? "…" : span.seconds.toFixed(2)}),

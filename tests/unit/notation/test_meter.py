@@ -31,9 +31,10 @@ def test_meter_parse_refuses(bad):
 
 
 def test_model_matches_the_features():
-    model = default_model()
-    assert model.mean.shape == (len(FEATURES),)
-    assert model.w1.shape[0] == len(FEATURES)
+    ensemble = default_model()
+    assert ensemble.members
+    for model in ensemble.members:
+        assert model.mean.shape == (len(FEATURES),) and model.w1.shape[0] == len(FEATURES)
 
 
 def _notes(events: list[tuple[float, float, int]]) -> TatumNotes:

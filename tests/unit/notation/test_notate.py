@@ -237,7 +237,7 @@ def test_notate_never_fails_and_exports(tmp_path_factory, notes, cfg, as_mapping
 def test_notate_never_fails_with_everything_estimated(notes, as_mapping):
     result = _notate_either_way(notes, NotationConfig(), as_mapping)
     assert 20 <= result.tempo_bpm <= 400
-    assert result.time_signature in {"2/4", "3/4", "4/4", "6/8", "9/8", "12/8"}
+    assert result.time_signature in {"2/4", "3/4", "4/4", "2/2", "6/8", "9/8", "12/8"}
     cleaned = clean_notes(notes, NotationConfig())
     assert result.n_notes == len([n for n in cleaned if n.start_s < MAX_SCORE_SECONDS])
     assert np.isfinite(result.time_offset_s)
