@@ -467,6 +467,7 @@ def main() -> None:
     ap.add_argument("--rendered", type=int, default=480, help="pieces also rendered and transcribed")
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--ensemble", type=int, default=5, help="models fitted from different starts")
+    ap.add_argument("--rendered-weight", type=int, default=4, help="times each rendered example counts")
     ap.add_argument("--jobs", type=int, default=2, help="processes rendering and transcribing")
     ap.add_argument("--limit", type=int, default=None, help="files per corpus collection (quick runs)")
     ap.add_argument("--cv-only", action="store_true")
@@ -497,8 +498,9 @@ def main() -> None:
     }
     cv = []
     for f in range(args.folds):
-        tx = [x for x, n in zip(xs + rx, names + rnames, strict=True) if fold[n] != f]
-        ty = [y for y, n in zip(ys + ry, names + rnames, strict=True) if fold[n] != f]
+        w = args.rendered_weight
+        tx = [x for x, n in zip(xs + rx * w, names + rnames * w, strict=True) if fold[n] != f]
+        ty = [y for y, n in zip(ys + ry * w, names + rnames * w, strict=True) if fold[n] != f]
         model = fit(tx, ty)
         sym = accuracy(
             model,
@@ -523,7 +525,8 @@ def main() -> None:
     print(f"{args.folds}-fold CV by piece: {report}")
     if args.cv_only:
         return
-    models = [fit(xs + rx, ys + ry, seed=k) for k in range(args.ensemble)]
+    w = args.rendered_weight
+    models = [fit(xs + rx * w, ys + ry * w, seed=k) for k in range(args.ensemble)]
     MODEL_PATH.write_text(
         json.dumps(
             {
@@ -533,7 +536,7 @@ def main() -> None:
                 "date": dt.date.today().isoformat(),
                 "pieces": len(pieces),
                 "pieces_by_meter": by_meter,
-                "examples": {"symbolic": len(xs), "rendered": len(rx)},
+                "examples": {"symbolic": len(xs), "rendered": len(rx), "rendered_weight": w},
                 "cv": {"folds": args.folds, **report},
                 "models": [m.to_dict() for m in models],
             }
