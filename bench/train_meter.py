@@ -403,7 +403,11 @@ def _render_and_transcribe(args: tuple[Piece, int]) -> dict | None:
         first_period = float(seconds(np.array([1.0]))[0] - seconds(np.array([0.0]))[0])
         down = float(evidence.eighths.position(seconds(np.array([piece.downbeat])))[0]) * UNITS_PER_EIGHTH
         rel = round(down) - int(evidence.notes.onset.min())
-        ok = abs(period / first_period - 1) < 0.15 and abs(down - round(down)) < 0.25 and round(down) % UNITS_PER_EIGHTH == 0
+        ok = (
+            abs(period / first_period - 1) < 0.15
+            and abs(down - round(down)) < 0.25
+            and round(down) % UNITS_PER_EIGHTH == 0
+        )
         result = {
             "ok": np.array(ok),
             "onset": evidence.notes.onset,

@@ -66,6 +66,8 @@ class PipelineResult:
     artist: str | None = None
     pickup_ql: float = 0.0
     """Length of the score's anacrusis in quarter notes (0: it starts on a downbeat)."""
+    meter_confidence: float = 1.0
+    """The meter model's probability of ``time_signature`` (1 when it was set)."""
     tempo_changes: list[tuple[int, float]] = field(default_factory=list)
     """(measure number, quarter-note BPM) of each written tempo mark."""
     warnings: list[str] = field(default_factory=list)
@@ -347,6 +349,7 @@ class Pipeline:
             timings=timings,
             time_offset_s=round(notated.time_offset_s, 4),
             pickup_ql=notated.pickup_ql,
+            meter_confidence=notated.meter_confidence,
             tempo_changes=list(notated.tempo_changes),
             warnings=warnings,
             timeline=timeline.to_list(),

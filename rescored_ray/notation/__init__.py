@@ -65,6 +65,8 @@ MAX_SCORE_SECONDS = 3600.0
 """Notes past one hour are dropped: a stray timestamp must not make a million-bar
 score (the longest accepted recording is 15 minutes)."""
 CREDIT = "rescored-ray"
+UNSURE_METER = 0.5
+"""Below this probability of the chosen meter, the result carries a warning."""
 CUT_TIME_BPM = 160.0
 """Above this many quarter notes a minute, 4/4 is written 2/2: two half-note beats a bar."""
 
@@ -87,6 +89,8 @@ class NotationResult:
     """Audio time of the score's tick 0 (the first measure's start, pickup included)."""
     pickup_ql: float = 0.0
     """Length of the anacrusis in quarter notes (0 = the piece starts on a downbeat)."""
+    meter_confidence: float = 1.0
+    """The meter model's probability of ``time_signature`` (1 when it was given)."""
     tempo_changes: list[tuple[int, float]] = field(default_factory=list)
     """(measure number, quarter-note BPM) of every written tempo mark, the first included."""
     notes: dict[str, list[Note]] = field(default_factory=dict, repr=False)
@@ -194,6 +198,7 @@ def _notate(
         warnings=warnings,
         time_offset_s=round(grid.origin_s, 6),
         pickup_ql=float(grid.pickup) / TPQ,
+        meter_confidence=grid.meter_confidence,
         tempo_changes=[(i + first_number, round(bpm, 3)) for i, bpm in marks],
         notes=cleaned,
     )
@@ -309,7 +314,18 @@ def score_grid(
         meter = Meter(4, 2)  # fast common time is read in two: alla breve
     units = UNITS_PER_EIGHTH
     first = int(evidence.notes.onset.min())
-    return ScoreGrid(eighths, meter, origin=first / units, pickup=choice.pickup_units * EIGHTH // units, finest=finest)
+    if choice.confidence < UNSURE_METER:
+        warnings.append(
+            f"meter: {meter.ratio} is only {choice.confidence:.0%} likely; set notation.time_signature if it is wrong"
+        )
+    return ScoreGrid(
+        eighths,
+        meter,
+        origin=first / units,
+        pickup=choice.pickup_units * EIGHTH // units,
+        finest=finest,
+        meter_confidence=round(choice.confidence, 3),
+    )
 
 
 def _constant_eighths(onsets: np.ndarray, period: float) -> beats_mod.TempoMap:

@@ -132,7 +132,9 @@ class MeterChoice:
     """Sixteenths before the first downbeat (0 = the piece starts on a downbeat)."""
     score: float
     margin: float
-    """Score of the best hypothesis minus the best with another meter (confidence)."""
+    """Score of the best hypothesis minus the best with another meter."""
+    confidence: float = 1.0
+    """The model's probability of the chosen meter (its phases together), 0..1."""
 
 
 # --------------------------------------------------------------------------- signals
@@ -449,8 +451,11 @@ def choose_meter(
     scores = (model or default_model()).scores(rows)
     best = int(np.argmax(scores))
     meter, rel_phase = hyps[best]
-    others = [s for (m, _), s in zip(hyps, scores, strict=False) if m != meter]
+    others = [s for (m, _), s in zip(hyps, scores, strict=True) if m != meter]
     margin = float(scores[best] - max(others)) if others else float("inf")
+    prob = np.exp(scores - scores.max())
+    prob /= prob.sum()
+    confidence = float(sum(p for (m, _), p in zip(hyps, prob, strict=True) if m == meter))
     first = int(notes.onset.min())
     return MeterChoice(
         meter=meter,
@@ -458,4 +463,5 @@ def choose_meter(
         pickup_units=int(rel_phase % _bar(meter)),
         score=float(scores[best]),
         margin=margin,
+        confidence=confidence,
     )

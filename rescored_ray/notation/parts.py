@@ -67,7 +67,7 @@ def _single_staff_clef(notes: Sequence[QNote], role: str) -> str:
 def _finish_staff(notes: list[QNote], grid: ScoreGrid) -> None:
     voices.legato(notes, grid.beat_ticks)
     voices.assign_voices(notes)
-    voices.absorb_short_rests(notes, grid.beat_ticks)
+    voices.absorb_short_rests(notes, grid)
     voices.balance_measures(notes, grid)
 
 

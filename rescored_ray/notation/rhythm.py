@@ -74,6 +74,8 @@ class ScoreGrid:
     origin: float
     pickup: int
     finest: int = 6
+    meter_confidence: float = 1.0
+    """How sure the meter model was of ``meter`` (1 when it was given)."""
 
     @property
     def beat_ticks(self) -> int:

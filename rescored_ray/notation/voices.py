@@ -279,9 +279,14 @@ def balance_measures(notes: Sequence[QNote], grid: ScoreGrid) -> None:
                 q.voice = 2
 
 
-def absorb_short_rests(notes: Sequence[QNote], beat: int) -> None:
-    """A gap shorter than a beat before the next chord of the same voice is articulation (or
-    a decay the transcriber cut short), not a rest: the earlier notes are held to it."""
+def absorb_short_rests(notes: Sequence[QNote], grid: ScoreGrid) -> None:
+    """Rests are written only where they start a beat.
+
+    A gap shorter than a beat before the next chord of the same voice is articulation (or a
+    decay the transcriber cut short): the earlier notes are held to the next chord. A longer
+    gap is a rest, but it starts at the next beat: the note before it is held to the end of
+    its beat (a sixteenth and two rests in a beat is nobody's idea of a quarter).
+    """
     by_voice: dict[tuple[int, int], list[QNote]] = defaultdict(list)
     for q in notes:
         by_voice[(q.staff, q.voice)].append(q)
@@ -290,7 +295,9 @@ def absorb_short_rests(notes: Sequence[QNote], beat: int) -> None:
         nxt = dict(itertools.pairwise(onsets))
         for q in qs:
             following = nxt.get(q.on)
-            if following is None:
-                continue
-            if 0 < following - q.off < beat:
+            if following is not None and 0 < following - q.off < grid.beat_ticks:
                 q.off = following
+                continue
+            beat_end = grid.beat_start(q.off - 1) + grid.beat_ticks
+            limit = beat_end if following is None else min(beat_end, following)
+            q.off = max(q.off, limit)

@@ -272,6 +272,7 @@ def _public_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
         "tempo_bpm",
         "time_signature",
         "pickup_ql",
+        "meter_confidence",
         "tempo_changes",
         "separation_model",
         "stems",

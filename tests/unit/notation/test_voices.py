@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from rescored_ray.notation.rhythm import TPQ, QNote
+from rescored_ray.notation.beats import TempoMap
+from rescored_ray.notation.meter import Meter
+from rescored_ray.notation.rhythm import TPQ, QNote, ScoreGrid
 from rescored_ray.notation.voices import absorb_short_rests, assign_hands, assign_voices, legato
 
 E = TPQ // 2
@@ -42,10 +44,12 @@ def test_chords_struck_together_stay_one_voice():
     assert {q.off - q.on for q in chords if q.on < 3 * TPQ} == {TPQ}
 
 
-def test_short_gaps_are_absorbed_real_rests_stay():
-    notes = [QNote(0, TPQ - 4, 60), QNote(TPQ, 2 * TPQ, 62), QNote(4 * TPQ, 5 * TPQ, 64)]
+def test_short_gaps_are_absorbed_real_rests_start_on_a_beat():
+    grid = ScoreGrid(TempoMap.constant(0.3, 0.0, 30.0), Meter(2, 4), origin=0.0, pickup=0)
+    notes = [QNote(0, TPQ - 4, 60), QNote(TPQ, TPQ + TPQ // 4, 62), QNote(4 * TPQ, 5 * TPQ, 64)]
     for q in notes:
         q.voice = 1
-    absorb_short_rests(notes, TPQ)
-    assert notes[0].off == TPQ
-    assert notes[1].off == 2 * TPQ  # two beats of rest stay a rest
+    absorb_short_rests(notes, grid)
+    assert notes[0].off == TPQ  # a short gap: held to the next note
+    assert notes[1].off == 2 * TPQ  # a sixteenth before two beats of rest: held to the end of its beat
+    assert notes[2].off == 5 * TPQ
