@@ -35,7 +35,7 @@ from rescored_ray.config import NotationConfig
 from rescored_ray.errors import NonRetryableError, log_unexpected, unexpected
 from rescored_ray.notation import beats as beats_mod
 from rescored_ray.notation.clean import clean_notes, coerce_note, group_by_stem, iter_items
-from rescored_ray.notation.engrave import PartPlan, add_grand_staff, build_part, tempo_mark
+from rescored_ray.notation.engrave import PartPlan, add_credits, add_grand_staff, build_part, tempo_mark
 from rescored_ray.notation.export import render_pages, render_svg, write_midi, write_musicxml, write_pdf
 from rescored_ray.notation.meter import METERS, UNITS_PER_EIGHTH, Meter, TatumNotes, choose_meter
 from rescored_ray.notation.parts import plan_parts
@@ -371,6 +371,7 @@ def _engrave(
     if artist:
         score.metadata.composer = artist
     score.metadata.addContributor(metadata.Contributor(role="transcriber", name=CREDIT))
+    add_credits(score, score.metadata.title, artist, f"Transcribed by {CREDIT}")
     parts: list[stream.Part] = []
     for plan in plans:
         staves = build_part(plan, grid, n_measures, spelling, key_sig)

@@ -37,6 +37,7 @@ from music21 import (
     pitch,
     stream,
     tempo,
+    text,
     tie,
 )
 
@@ -451,6 +452,38 @@ def _copy_instrument(inst: instrument.Instrument) -> instrument.Instrument:
     twin = type(inst)()
     twin.partName = inst.partName
     return twin
+
+
+# An A4 page in MusicXML tenths (7 mm to 40 tenths), with the margins music notation software uses.
+_PAGE_WIDTH, _PAGE_HEIGHT, _MARGIN = 1200, 1697, 80
+
+
+def add_credits(score: stream.Score, title: str, artist: str | None, credit: str) -> None:
+    """The page header as credits: the title centred, the artist right, our credit left.
+
+    Explicit credits, placed on a page of known size, are what MuseScore and verovio both
+    draw where a reader expects them; creator fields alone never showed our credit.
+    """
+    page = layout.PageLayout(
+        pageHeight=_PAGE_HEIGHT,
+        pageWidth=_PAGE_WIDTH,
+        leftMargin=_MARGIN,
+        rightMargin=_MARGIN,
+        topMargin=_MARGIN,
+        bottomMargin=_MARGIN,
+    )
+    score.insert(0, layout.ScoreLayout(scalingMillimeters=7.0, scalingTenths=40, pageLayout=page))
+    lines = [(title, _PAGE_WIDTH / 2, _PAGE_HEIGHT - _MARGIN, 22, "center", "top")]
+    if artist:
+        lines.append((artist, _PAGE_WIDTH - _MARGIN, _PAGE_HEIGHT - 157, 10, "right", "bottom"))
+    lines.append((credit, _MARGIN, _PAGE_HEIGHT - 157, 10, "left", "bottom"))
+    for content, x, y, size, justify, valign in lines:
+        box = text.TextBox(content, x, y)
+        box.style.justify = justify
+        box.style.alignHorizontal = justify
+        box.style.alignVertical = valign
+        box.style.fontSize = size
+        score.insert(0, box)
 
 
 def add_grand_staff(score: stream.Score, staves: list[stream.Part], name: str) -> None:
