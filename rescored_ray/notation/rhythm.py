@@ -34,10 +34,10 @@ JITTER_S = 0.035
 LEGATO_S = 0.12
 """An offset this close to a later onset (or a quarter of the note, if longer) ends there."""
 
-TRIPLET_STEP = TPQ // 3
-"""An eighth-note triplet."""
+TRIPLET_STEPS = (TPQ // 3, TPQ // 6)
+"""Eighth- and sixteenth-note triplets."""
 # (ticks per step, complexity) for each subdivision a beat may use.
-_SIMPLE_GRIDS = ((24, 0.0), (12, 1.0), (6, 2.4), (TRIPLET_STEP, 3.4), (3, 6.0))
+_SIMPLE_GRIDS = ((24, 0.0), (12, 1.0), (6, 2.4), (8, 3.4), (4, 4.4), (3, 6.0))
 _COMPOUND_GRIDS = ((36, 0.0), (12, 1.0), (6, 2.4), (3, 6.0))
 COMPLEXITY_WEIGHT = 2.5
 """How many squared jitter units one level of complexity is worth."""
@@ -118,14 +118,18 @@ class ScoreGrid:
 
 def _grid_for_beat(raw: np.ndarray, beat_start: int, grid: ScoreGrid) -> int:
     """The subdivision (ticks per step) that explains the onsets of one beat best."""
-    options = [o for o in (_COMPOUND_GRIDS if grid.meter.compound else _SIMPLE_GRIDS) if o[0] >= grid.finest]
+    options = [
+        o
+        for o in (_COMPOUND_GRIDS if grid.meter.compound else _SIMPLE_GRIDS)
+        if o[0] >= grid.finest or (o[0] in TRIPLET_STEPS and o[0] * 3 // 2 >= grid.finest)
+    ]
     options = options or [(grid.beat_ticks, 0.0)]
     sec_per_tick = grid.beat_seconds(beat_start) / grid.beat_ticks
     best, best_cost = options[0][0], math.inf
     rel = raw - beat_start
     for step, complexity in options:
         snapped = np.round(rel / step) * step
-        if step == TRIPLET_STEP and np.sum(snapped % (TPQ // 4) != 0) < 2:
+        if step in TRIPLET_STEPS and np.sum(snapped % (TPQ // 4) != 0) < 2:
             continue  # a triplet needs at least two onsets of its own; one alone is a late note
         err = (rel - snapped) * sec_per_tick / JITTER_S
         cost = float(np.sum(err**2)) + COMPLEXITY_WEIGHT * complexity
