@@ -479,10 +479,11 @@ def add_credits(score: stream.Score, title: str, artist: str | None, credit: str
     lines.append((credit, _MARGIN, _PAGE_HEIGHT - 157, 10, "left", "bottom"))
     for content, x, y, size, justify, valign in lines:
         box = text.TextBox(content, x, y)
-        box.style.justify = justify
-        box.style.alignHorizontal = justify
-        box.style.alignVertical = valign
-        box.style.fontSize = size
+        style: Any = box.style  # a TextStyle at runtime; music21 annotates it as the base Style
+        style.justify = justify
+        style.alignHorizontal = justify
+        style.alignVertical = valign
+        style.fontSize = size
         score.insert(0, box)
 
 
