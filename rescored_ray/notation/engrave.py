@@ -281,22 +281,31 @@ class StaffWriter:
         return m
 
     def _events(self, notes: Sequence[QNote], start: int, end: int) -> list[_Event]:
-        chords: dict[tuple[int, int], _Event] = {}
+        """One voice's chords in ``[start, end)``, in time order (a voice is sequential).
+
+        Notes struck together are one chord; where some of them end first, the chord goes on,
+        tied, with those still sounding. A later onset cuts whatever still sounds short.
+        """
+        by_onset: dict[int, list[tuple[QNote, int]]] = {}
         for q in notes:
             a, b = max(q.on, start), min(q.off, end)
-            if b <= a:
-                continue
-            ev = chords.setdefault((a, b), _Event(a, b))
-            ev.notes.append((q, q.on < start, q.off > end))
-        events = sorted(chords.values(), key=lambda e: (e.start, -e.end))
+            if b > a:
+                by_onset.setdefault(a, []).append((q, b))
+        onsets = sorted(by_onset)
         out: list[_Event] = []
-        for ev in events:  # a voice is sequential: a later chord cuts an earlier one short
-            if out and ev.start < out[-1].end:
-                if ev.start == out[-1].start:
-                    out[-1].notes.extend((q, tin, tout or ev.end < out[-1].end) for q, tin, tout in ev.notes)
-                    continue
-                out[-1].end = ev.start
-            out.append(ev)
+        for i, a in enumerate(onsets):
+            cut = onsets[i + 1] if i + 1 < len(onsets) else end
+            group = [(q, min(b, cut), b > cut) for q, b in by_onset[a]]  # note, drawn end, cut short
+            t = a
+            for seg_end in sorted({b for _, b, _ in group}):
+                ev = _Event(t, seg_end)
+                for q, b, was_cut in group:
+                    if b >= seg_end:
+                        tied_in = t > a or q.on < start
+                        tied_out = b > seg_end or (not was_cut and q.off > end)
+                        ev.notes.append((q, tied_in, tied_out))
+                out.append(ev)
+                t = seg_end
         return out
 
     def _voice(self, notes: Sequence[QNote], start: int, end: int, stem: str | None) -> list[note.GeneralNote]:

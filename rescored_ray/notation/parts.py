@@ -69,6 +69,7 @@ def _finish_staff(notes: list[QNote], grid: ScoreGrid) -> None:
     voices.assign_voices(notes)
     voices.absorb_short_rests(notes, grid)
     voices.balance_measures(notes, grid)
+    voices.keep_voices_sequential(notes)
 
 
 def plan_parts(placed: Mapping[str, list[QNote]], grid: ScoreGrid) -> list[PartPlan]:

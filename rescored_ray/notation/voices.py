@@ -301,3 +301,22 @@ def absorb_short_rests(notes: Sequence[QNote], grid: ScoreGrid) -> None:
             beat_end = grid.beat_start(q.off - 1) + grid.beat_ticks
             limit = beat_end if following is None else min(beat_end, following)
             q.off = max(q.off, limit)
+
+
+def keep_voices_sequential(notes: Sequence[QNote]) -> None:
+    """End every note by the next onset of its voice: a voice is one line of chords.
+
+    The voice assignment can leave a long note sounding under a later chord of its own voice
+    (three lines in two voices); written as it is, the note would vanish at that chord and
+    reappear, tied, in the next bar. Notes struck together may still end apart (the engraver
+    ties the longer ones on).
+    """
+    by_voice: dict[tuple[int, int], list[QNote]] = defaultdict(list)
+    for q in notes:
+        by_voice[(q.staff, q.voice)].append(q)
+    for qs in by_voice.values():
+        nxt = dict(itertools.pairwise(sorted({q.on for q in qs})))
+        for q in qs:
+            following = nxt.get(q.on)
+            if following is not None and q.off > following:
+                q.off = following

@@ -200,7 +200,11 @@ def _check_invariants(result, notes: list[Note], cfg: NotationConfig) -> None:
     written = written_notes(result.score)
     spq = 60.0 / result.tempo_bpm  # seconds per quarter (tempo overrides are steady)
     assert len(tempo_marks) == 1
-    tol = spq / (cfg.divisions_per_quarter * 2) + 0.07 * spq + 1e-6
+    # the grid step an onset may land on: the finest plain step no finer than 1/divisions of a
+    # quarter (a lone onset never makes a triplet, and a compound beat divides into eighths)
+    beat_ql = 1.5 if result.time_signature in ("6/8", "9/8", "12/8") else 1.0
+    step_ql = min(s for s in (beat_ql, 0.5, 0.25, 0.125) if s >= 1 / cfg.divisions_per_quarter - 1e-9)
+    tol = spq * step_ql / 2 + 0.07 * spq + 1e-6
     onsets = [(result.time_offset_s + on * spq, p) for on, p, _ in written]
     for n in cleaned:
         assert any(p == n.pitch and abs(t - n.start_s) <= tol for t, p in onsets), (n, tol)
