@@ -118,6 +118,11 @@ def test_separated_song_writes_stems_and_one_part_per_stem(band_mix, transcriber
         assert rate == 44100 and data.shape == (round(band_mix.duration_s * 44100), 2)
     assert "separation" in result.timings
     assert set(result.n_notes_by_stem) <= {"other", "bass", "vocals"}
+    # result.json says how each stem's notes were read (issue 18: per-stem settings)
+    settings = json.loads(result.path("result").read_text())["transcription"]
+    assert set(settings) == {"other", "bass", "vocals"}
+    assert settings["vocals"]["refine"]["vibrato"] and not settings["other"]["refine"]["vibrato"]
+    assert settings["vocals"]["maximum_frequency"] == 2100.0 and settings["bass"]["onset_threshold"] == 0.5
     assert all(n.stem in ("other", "bass", "vocals") for n in result.notes)
     assert music21.converter.parse(result.path("musicxml")) is not None
     assert not list((tmp_path / "tmp").iterdir())
