@@ -63,6 +63,8 @@ CONTOUR_OFFSET = 0.15
 """The contour's centre of mass lies this many semitones above the written pitch on steady
 tones (measured on piano, voice, choir and violin renders: +0.13..+0.20); subtracted."""
 SILENT_DB = -100.0
+_BANDS = ((4096, 21, 48), (2048, 48, 72), (1024, 72, 109))
+"""FFT size per pitch range (MIDI, half-open): long windows resolve low semitones."""
 VOICED = 0.3
 """Contour activation above which a pitch is taken to be sounding."""
 VIBRATO_ONSET = 0.8
@@ -88,16 +90,26 @@ class NoteEvent:
         return self.pitch - LOWEST_PITCH
 
 
-@dataclass(frozen=True)
 class Evidence:
     """What refinement looks at for one recording or stem: the model's activations (frames x
     88 pitches for ``note`` and ``onset``, frames x 264 third-semitone bins for ``contour``)
-    and the audio's energy at each pitch's fundamental, in dB (frames x 88)."""
+    and the audio's energy at each pitch's fundamental in dB (:meth:`energy`), computed for
+    the frames refinement asks about, when it asks.
 
-    note: np.ndarray
-    onset: np.ndarray
-    contour: np.ndarray
-    energy: np.ndarray
+    ``audio`` is the model's mono 22.05 kHz input; ``times`` (seconds of each frame, Basic
+    Pitch's ``model_frames_to_time``) places the energy frames on the activations' clock.
+    """
+
+    def __init__(
+        self, note: np.ndarray, onset: np.ndarray, contour: np.ndarray, audio: np.ndarray, times: np.ndarray
+    ) -> None:
+        self.note = np.asarray(note, dtype=np.float32)
+        self.onset = np.asarray(onset, dtype=np.float32)
+        self.contour = np.asarray(contour, dtype=np.float32)
+        self.audio = np.asarray(audio, dtype=np.float32)
+        self.centres = np.round(np.asarray(times, dtype=float) * SAMPLE_RATE).astype(np.int64)
+        self._energy = np.full((self.n_frames, N_PITCHES), SILENT_DB, dtype=np.float32)
+        self._done = np.zeros((len(_BANDS), self.n_frames), dtype=bool)
 
     @property
     def n_frames(self) -> int:
@@ -105,21 +117,31 @@ class Evidence:
 
     @classmethod
     def from_output(cls, output: Mapping[str, np.ndarray], audio: np.ndarray, times: np.ndarray) -> Evidence:
-        """From the model's ``note``/``onset``/``contour`` and its mono 22.05 kHz input audio;
-        ``times`` (seconds of each frame, Basic Pitch's ``model_frames_to_time``) places the
-        energy frames on the activations' clock."""
-        return cls(
-            note=np.asarray(output["note"], dtype=np.float32),
-            onset=np.asarray(output["onset"], dtype=np.float32),
-            contour=np.asarray(output["contour"], dtype=np.float32),
-            energy=pitch_energy(audio, times),
-        )
+        """From the model's ``note``/``onset``/``contour`` output."""
+        return cls(output["note"], output["onset"], output["contour"], audio, times)
+
+    def energy(self, b: int, start: int, stop: int) -> np.ndarray:
+        """Energy (dB) at pitch bin ``b``'s fundamental in frames ``start`` to ``stop``."""
+        start, stop = max(0, start), max(0, min(self.n_frames, stop))
+        band = next(k for k, (_, lo, hi) in enumerate(_BANDS) if lo <= b + LOWEST_PITCH < hi)
+        missing = start + np.flatnonzero(~self._done[band, start:stop])
+        if missing.size and self.audio.size:
+            n_fft, lo, hi = _BANDS[band]
+            self._energy[missing, lo - LOWEST_PITCH : hi - LOWEST_PITCH] = _band_energy(
+                self.audio, self.centres[missing], n_fft, lo, hi
+            )
+        self._done[band, missing] = True
+        out: np.ndarray = self._energy[start:stop, b]
+        return out
+
+    def energy_map(self) -> np.ndarray:
+        """The energy of every pitch in every frame (frames x 88, dB)."""
+        for _, lo, _ in _BANDS:
+            self.energy(lo - LOWEST_PITCH, 0, self.n_frames)
+        return self._energy
 
 
 # ---------------------------------------------------------------------------- audio evidence
-
-_BANDS = ((4096, 21, 48), (2048, 48, 72), (1024, 72, 109))
-"""FFT size per pitch range (MIDI, half-open): long windows resolve low semitones."""
 
 
 def _band_weights(n_fft: int, pitches: np.ndarray) -> np.ndarray:
@@ -134,7 +156,24 @@ def _band_weights(n_fft: int, pitches: np.ndarray) -> np.ndarray:
     return out
 
 
-def pitch_energy(audio: np.ndarray, times: np.ndarray, chunk: int = 2048) -> np.ndarray:
+def _band_energy(audio: np.ndarray, centres: np.ndarray, n_fft: int, lo: int, hi: int) -> np.ndarray:
+    """dB energy of pitches ``lo``..``hi`` - 1 in ``n_fft``-sample frames centred on ``centres``."""
+    from scipy import fft  # single precision, about twice numpy's speed here
+
+    weights = _band_weights(n_fft, np.arange(lo, hi)).T
+    window = np.hanning(n_fft).astype(np.float32)
+    padded = np.concatenate([np.zeros(n_fft, np.float32), audio, np.zeros(n_fft, np.float32)])
+    offsets = np.arange(n_fft) + n_fft // 2
+    out = np.empty((len(centres), hi - lo), dtype=np.float32)
+    for first in range(0, len(centres), 1024):
+        starts = np.clip(centres[first : first + 1024], -n_fft // 2, audio.size + n_fft // 2)
+        frames = padded[starts[:, None] + offsets[None, :]] * window
+        power = np.abs(fft.rfft(frames, axis=1)) ** 2
+        out[first : first + 1024] = 10 * np.log10(power @ weights + 1e-10)
+    return out
+
+
+def pitch_energy(audio: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Energy (dB) at each of the 88 piano pitches' fundamentals, one row per model frame.
 
     Short-time spectra centred on ``times`` (seconds) of ``audio`` (mono, 22.05 kHz), with
@@ -142,21 +181,11 @@ def pitch_energy(audio: np.ndarray, times: np.ndarray, chunk: int = 2048) -> np.
     semitone either side of each fundamental.
     """
     audio = np.asarray(audio, dtype=np.float32)
-    n = len(times)
-    out = np.full((n, N_PITCHES), SILENT_DB, dtype=np.float32)
-    if n == 0 or audio.size == 0:
-        return out
     centres = np.round(np.asarray(times, dtype=float) * SAMPLE_RATE).astype(np.int64)
-    for n_fft, lo, hi in _BANDS:
-        weights = _band_weights(n_fft, np.arange(lo, hi)).T
-        window = np.hanning(n_fft).astype(np.float32)
-        padded = np.concatenate([np.zeros(n_fft, np.float32), audio, np.zeros(n_fft, np.float32)])
-        offsets = np.arange(n_fft) + n_fft // 2
-        for first in range(0, n, chunk):
-            starts = np.clip(centres[first : first + chunk], -n_fft // 2, audio.size + n_fft // 2)
-            frames = padded[starts[:, None] + offsets[None, :]] * window
-            power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-            out[first : first + chunk, lo - LOWEST_PITCH : hi - LOWEST_PITCH] = 10 * np.log10(power @ weights + 1e-10)
+    out = np.full((len(centres), N_PITCHES), SILENT_DB, dtype=np.float32)
+    if len(centres) and audio.size:
+        for n_fft, lo, hi in _BANDS:
+            out[:, lo - LOWEST_PITCH : hi - LOWEST_PITCH] = _band_energy(audio, centres, n_fft, lo, hi)
     return out
 
 
@@ -176,8 +205,8 @@ def onset_peak(ev: Evidence, b: int, frame: int) -> float:
 def energy_rise(ev: Evidence, b: int, frame: int, span: int = 6) -> float:
     """How far (dB) the energy at pitch bin ``b``'s fundamental climbs from its lowest in the
     ``span`` frames up to ``frame`` to its highest in the ``span`` frames from it."""
-    before = _window(ev.energy[:, b], frame - span, frame + 1)
-    after = _window(ev.energy[:, b], frame, frame + span)
+    before = ev.energy(b, frame - span, frame + 1)
+    after = ev.energy(b, frame, frame + span)
     if not before.size or not after.size:
         return 0.0
     return float(after.max() - before.min())

@@ -233,4 +233,4 @@ def test_refinement_survives_silence_and_empty_input(transcriber):
     assert transcriber.notes_from_output(out, stem="vocals", audio=silent) == []
     evidence = refine.Evidence.from_output(out, silent, np.arange(out["note"].shape[0]) / refine.FRAMES_PER_SECOND)
     assert refine.refine([], evidence, RefineConfig(vibrato=True)) == []
-    assert np.all(evidence.energy <= -90)
+    assert np.all(evidence.energy_map() <= -90)
