@@ -53,16 +53,156 @@ class SeparationConfig(Section):
         return self.model.lower() != "none"
 
 
-class TranscriptionConfig(Section):
-    """Basic Pitch note transcription."""
+class RefineConfig(Section):
+    """Note refinement after Basic Pitch's decoder (:mod:`rescored_ray.refine`): each step can be
+    switched off, and each threshold is the one ``bench/note_quality.py`` measured best.
+    Activations are the model's (0..1); times in ms."""
 
-    stems: list[str] = Field(default_factory=lambda: ["other", "bass", "vocals"])
-    onset_threshold: float = Field(0.5, gt=0, lt=1)
-    frame_threshold: float = Field(0.3, gt=0, lt=1)
-    minimum_note_length_ms: float = Field(127.7, ge=0)
+    onsets: bool = Field(True, description="Move each note's start to its attack (slow attacks, reverb).")
+    onset_search_ms: float = Field(250.0, ge=0, description="How far before a note an earlier attack is looked for.")
+    onset_peak: float = Field(0.3, ge=0, le=1, description="Onset activation an earlier attack peak needs...")
+    onset_earlier: float = Field(
+        0.8, ge=0, description="...and this fraction of the note's own onset peak (a weaker bump is another sound's)."
+    )
+    onset_rise: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="The onset is where the attack's activation first reaches this fraction of its peak.",
+    )
+    continuations: bool = Field(True, description="Merge or drop re-detections of a sounding pitch without an attack.")
+    attack_onset: float = Field(0.7, ge=0, le=1, description="An onset activation this strong is a new attack...")
+    attack_onset_low: float = Field(
+        0.4, ge=0, le=1, description="...a weaker one only with the energy at the pitch rising by attack_rise_db."
+    )
+    attack_rise_db: float = Field(10.0, ge=0)
+    merge_gap_ms: float = Field(
+        60.0, ge=0, description="A re-detection this close to its note is merged; later, dropped."
+    )
+    tail_s: float = Field(
+        3.0, ge=0, description="How long after a note of the pitch a re-detection counts as its tail."
+    )
+    ghosts: bool = Field(True, description="Drop octave/twelfth harmonics and sub-octaves of louder notes.")
+    harmonic_ratio: float = Field(
+        0.5,
+        ge=0,
+        description="An octave or twelfth above a sounding note is a ghost under this fraction of its level...",
+    )
+    subharmonic_ratio: float = Field(1.0, ge=0, description="...an octave below one, under this fraction...")
+    ghost_onset: float = Field(0.8, ge=0, le=1.01, description="...unless its own onset activation reaches this.")
+    vibrato: bool = Field(False, description="Join a vibrato or scoop split into neighbouring semitones into one note.")
+    vibrato_window_ms: float = Field(
+        250.0, gt=0, description="About one vibrato cycle: the contour is averaged over it."
+    )
+
+
+class StemSettings(Section):
+    """How one stem's notes are read off the model: Basic Pitch's decoding thresholds and the
+    refinement after it (``refine`` null: none, Basic Pitch's notes as they are). ``result.json``
+    records these, per stem, under ``transcription``."""
+
+    onset_threshold: float = Field(gt=0, lt=1)
+    frame_threshold: float = Field(gt=0, lt=1)
+    minimum_note_length_ms: float = Field(ge=0)
     minimum_frequency: float | None = Field(None, gt=0)
     maximum_frequency: float | None = Field(None, gt=0)
     melodia_trick: bool = True
+    refine: RefineConfig | None = None
+
+
+STOCK_STEM = StemSettings(onset_threshold=0.5, frame_threshold=0.3, minimum_note_length_ms=127.7, melodia_trick=True)
+"""Basic Pitch's own defaults (``basic_pitch.inference.predict``), no refinement."""
+
+STEM_KINDS: dict[str, str] = {"other": "other", "piano": "other", "guitar": "other", "vocals": "vocals", "bass": "bass"}
+"""The kind of sound each stem holds; any other name (``mix``: nothing separated) is ``mix``."""
+
+TUNED_STEMS: dict[str, StemSettings] = {
+    # Piano, plucked and bowed instruments, dry and in a reverberant room (bench/note_quality.py).
+    "other": StemSettings(
+        onset_threshold=0.7, frame_threshold=0.3, minimum_note_length_ms=127.7, refine=RefineConfig()
+    ),
+    # Everything at once when nothing is separated: measured on the same renders as "other".
+    "mix": StemSettings(onset_threshold=0.7, frame_threshold=0.3, minimum_note_length_ms=127.7, refine=RefineConfig()),
+    # A sung line with vibrato and scoops: one voice, C2-C7; its attacks are soft, so a weaker
+    # onset is already a new note, and an earlier attack is looked for only 100 ms back.
+    "vocals": StemSettings(
+        onset_threshold=0.6,
+        frame_threshold=0.5,
+        minimum_note_length_ms=127.7,
+        minimum_frequency=65.0,
+        maximum_frequency=2100.0,
+        refine=RefineConfig(vibrato=True, onset_search_ms=100.0, onset_rise=0.8, attack_onset=0.6),
+    ),
+    # Bass lines: the octave above a bass note is almost always its own second harmonic.
+    "bass": StemSettings(
+        onset_threshold=0.5,
+        frame_threshold=0.3,
+        minimum_note_length_ms=127.7,
+        refine=RefineConfig(harmonic_ratio=0.7, ghost_onset=0.95),
+    ),
+}
+"""The settings ``profile: tuned`` gives each kind of stem, chosen by ``bench/note_quality.py``
+(bench/RESULTS.md has the measurements and how sensitive each value is)."""
+
+
+class StemOverride(Section):
+    """Per-stem changes to the profile's settings; a field left null keeps the profile's value.
+    A frequency of 0 removes that limit. ``refine`` changes single refinement settings."""
+
+    onset_threshold: float | None = Field(None, gt=0, lt=1)
+    frame_threshold: float | None = Field(None, gt=0, lt=1)
+    minimum_note_length_ms: float | None = Field(None, ge=0)
+    minimum_frequency: float | None = Field(None, ge=0)
+    maximum_frequency: float | None = Field(None, ge=0)
+    melodia_trick: bool | None = None
+    refine: dict[str, Any] | None = Field(None, description="RefineConfig fields to change, e.g. {vibrato: true}.")
+
+    @field_validator("refine")
+    @classmethod
+    def _known_refine_fields(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            RefineConfig.model_validate(value)  # unknown keys and bad values fail here, at load time
+        return value
+
+    def apply(self, base: StemSettings) -> StemSettings:
+        changes: dict[str, Any] = {}
+        for name in ("onset_threshold", "frame_threshold", "minimum_note_length_ms", "melodia_trick"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        for name in ("minimum_frequency", "maximum_frequency"):
+            value = getattr(self, name)
+            if value is not None:
+                changes[name] = value or None
+        if self.refine and base.refine is not None:
+            changes["refine"] = RefineConfig.model_validate({**base.refine.model_dump(), **self.refine})
+        return StemSettings.model_validate({**base.model_dump(), **changes})
+
+
+class TranscriptionConfig(Section):
+    """Basic Pitch note transcription: which stems, and how each stem's notes are read.
+
+    ``profile: tuned`` (the default) gives each kind of stem (vocals, bass, other, mix) the
+    decoding thresholds, frequency range and note refinement measured best for it
+    (:data:`TUNED_STEMS`); ``stock`` is Basic Pitch's own defaults for every stem with no
+    refinement (notes identical to ``basic_pitch.inference.predict``). A threshold set here
+    applies to every stem; ``per_stem`` changes single stems (by name: ``vocals``, ``other``,
+    ...); ``refine: false`` keeps the profile's thresholds but switches refinement off.
+    """
+
+    stems: list[str] = Field(default_factory=lambda: ["other", "bass", "vocals"])
+    profile: Literal["tuned", "stock"] = Field(
+        "tuned", description="tuned: measured per stem kind; stock: Basic Pitch's."
+    )
+    refine: bool = Field(
+        True, description="Refine the decoded notes (onsets, tails, ghosts, vibrato) as the profile says."
+    )
+    onset_threshold: float | None = Field(None, gt=0, lt=1, description="null: each stem's own.")
+    frame_threshold: float | None = Field(None, gt=0, lt=1, description="null: each stem's own.")
+    minimum_note_length_ms: float | None = Field(None, ge=0, description="null: each stem's own.")
+    minimum_frequency: float | None = Field(None, ge=0, description="null: each stem's own; 0: no limit.")
+    maximum_frequency: float | None = Field(None, ge=0, description="null: each stem's own; 0: no limit.")
+    melodia_trick: bool | None = Field(None, description="null: each stem's own.")
+    per_stem: dict[str, StemOverride] = Field(default_factory=dict, description="Changes for single stems, by name.")
     device: str = Field("auto", description="auto | cpu | cuda (onnxruntime execution provider)")
 
     @field_validator("stems", mode="before")
@@ -71,6 +211,26 @@ class TranscriptionConfig(Section):
         if isinstance(value, str):
             return [s.strip() for s in value.split(",") if s.strip()]
         return value
+
+    def for_stem(self, stem: str) -> StemSettings:
+        """The settings ``stem``'s notes are read with: the profile's for its kind, then this
+        section's own values, then ``per_stem[stem]``, then ``refine``."""
+        kind = STEM_KINDS.get(stem, "mix")
+        base = TUNED_STEMS[kind] if self.profile == "tuned" else STOCK_STEM
+        top = StemOverride(
+            onset_threshold=self.onset_threshold,
+            frame_threshold=self.frame_threshold,
+            minimum_note_length_ms=self.minimum_note_length_ms,
+            minimum_frequency=self.minimum_frequency,
+            maximum_frequency=self.maximum_frequency,
+            melodia_trick=self.melodia_trick,
+        )
+        settings = top.apply(base)
+        if stem in self.per_stem:
+            settings = self.per_stem[stem].apply(settings)
+        if not self.refine:
+            settings = settings.model_copy(update={"refine": None})
+        return settings
 
 
 class NotationConfig(Section):

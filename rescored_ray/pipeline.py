@@ -70,6 +70,9 @@ class PipelineResult:
     """The meter model's probability of ``time_signature`` (1 when it was set)."""
     tempo_changes: list[tuple[int, float]] = field(default_factory=list)
     """(measure number, quarter-note BPM) of each written tempo mark."""
+    transcription: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """How each stem's notes were read: Basic Pitch's thresholds, frequency range and the note
+    refinement settings (null: none), as :meth:`TranscriptionConfig.for_stem` resolved them."""
     warnings: list[str] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     """Each stage's wall-clock span and the workers that ran it (see :mod:`rescored_ray.timeline`)."""
@@ -351,6 +354,7 @@ class Pipeline:
             pickup_ql=notated.pickup_ql,
             meter_confidence=notated.meter_confidence,
             tempo_changes=list(notated.tempo_changes),
+            transcription={stem: cfg.transcription.for_stem(stem).model_dump() for stem in notes},
             warnings=warnings,
             timeline=timeline.to_list(),
             notes=cleaned,

@@ -2,7 +2,10 @@
 
 A :class:`Transcriber` opens one onnxruntime session and transcribes arrays
 directly: no temp files, windows batched through the model, and Basic Pitch's own
-windowing, unwrapping and note decoding so results equal ``basic_pitch.inference.predict``.
+windowing, unwrapping and note decoding, so that with ``profile: stock`` results equal
+``basic_pitch.inference.predict``. By default each stem is decoded with the settings measured
+for its kind and the notes are refined against the activations and the audio
+(:mod:`rescored_ray.refine`; see :class:`~rescored_ray.config.TranscriptionConfig`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 import numpy as np
 import soxr
 
-from rescored_ray.config import TranscriptionConfig
+from rescored_ray import refine
+from rescored_ray.config import StemSettings, TranscriptionConfig
 from rescored_ray.errors import NonRetryableError, RetryableError
 from rescored_ray.types import Audio, Note
 
@@ -156,34 +160,52 @@ class Transcriber:
         return mono
 
     # -- notes -------------------------------------------------------------------------------
-    def notes_from_output(self, output: Mapping[str, np.ndarray], stem: str = "mix") -> list[Note]:
-        """Decode activations into notes with Basic Pitch's own polyphonic decoder."""
-        cfg = self.config
+    def settings_for(self, stem: str) -> StemSettings:
+        """How ``stem``'s notes are read (see :meth:`TranscriptionConfig.for_stem`)."""
+        return self.config.for_stem(stem)
+
+    def notes_from_output(
+        self, output: Mapping[str, np.ndarray], stem: str = "mix", audio: np.ndarray | None = None
+    ) -> list[Note]:
+        """Decode activations into notes with Basic Pitch's own polyphonic decoder, using
+        ``stem``'s settings, then refine them (:mod:`rescored_ray.refine`) when those settings
+        say so and ``audio`` (the model's mono 22.05 kHz input, see :meth:`model_input`) is
+        given. Without refinement the notes are exactly Basic Pitch's."""
+        settings = self.settings_for(stem)
         if output["note"].shape[0] < 2:  # under ~12 ms of audio: nothing a note could fit in
             return []
-        min_note_len = int(np.round(cfg.minimum_note_length_ms / 1000 * (MODEL_SAMPLE_RATE / FFT_HOP)))
+        min_note_len = int(np.round(settings.minimum_note_length_ms / 1000 * (MODEL_SAMPLE_RATE / FFT_HOP)))
+        # The decoder zeroes activations outside the frequency range in place: it gets copies.
         events = self._notes.output_to_notes_polyphonic(
-            output["note"],
-            output["onset"],
-            onset_thresh=cfg.onset_threshold,
-            frame_thresh=cfg.frame_threshold,
+            np.array(output["note"]),
+            np.array(output["onset"]),
+            onset_thresh=settings.onset_threshold,
+            frame_thresh=settings.frame_threshold,
             infer_onsets=True,
             min_note_len=min_note_len,
-            min_freq=cfg.minimum_frequency,
-            max_freq=cfg.maximum_frequency,
-            melodia_trick=cfg.melodia_trick,
+            min_freq=settings.minimum_frequency,
+            max_freq=settings.maximum_frequency,
+            melodia_trick=settings.melodia_trick,
         )
         times = self._notes.model_frames_to_time(output["contour"].shape[0])
+        if settings.refine is None or audio is None:
+            rows = [(float(times[start]), float(times[end]), int(p), float(a)) for start, end, p, a in events]
+        else:
+            evidence = refine.Evidence.from_output(output, audio, times)
+            decoded = [refine.NoteEvent(float(start), float(end), int(p), float(a)) for start, end, p, a in events]
+            refined = refine.refine(decoded, evidence, settings.refine)
+            rows = [(*refine.to_seconds((e.start, e.end), times), e.pitch, e.amplitude) for e in refined]
         notes = [
             Note(
-                start_s=float(times[start]),
-                end_s=float(times[end]),
-                pitch=int(pitch),
-                velocity=int(np.clip(round(127 * float(amplitude)), 1, 127)),
+                start_s=start,
+                end_s=end,
+                pitch=pitch,
+                velocity=int(np.clip(round(127 * amplitude), 1, 127)),
                 stem=stem,
-                amplitude=float(amplitude),
+                amplitude=amplitude,
             )
-            for start, end, pitch, amplitude in events
+            for start, end, pitch, amplitude in rows
+            if end > start
         ]
         notes.sort(key=lambda n: (n.start_s, n.pitch))
         return notes
@@ -193,11 +215,17 @@ class Transcriber:
         """The ONNX Runtime provider that runs the model (see :func:`rescored_ray.timeline.ran_on`)."""
         return [{"device": self.providers[0]}]
 
+    def model_input(self, audio: Audio | np.ndarray, sample_rate: int | None = None) -> np.ndarray:
+        """The mono 22.05 kHz audio the model hears (and refinement measures)."""
+        return self._model_input(audio, sample_rate)
+
     def transcribe(self, audio: Audio, stem: str = "mix") -> list[Note]:
         """Notes of one recording or stem, tagged with ``stem``."""
         if audio.frames == 0:
             return []
-        return self.notes_from_output(self.model_output(audio), stem=stem)
+        output = self.model_output(audio)
+        heard = self.model_input(audio) if self.settings_for(stem).refine is not None else None
+        return self.notes_from_output(output, stem=stem, audio=heard)
 
     def transcribe_stems(
         self,

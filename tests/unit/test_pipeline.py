@@ -82,7 +82,10 @@ def test_url_to_score_end_to_end_with_progress_and_quality(http_server, chorale,
     # Outputs: a MusicXML that music21 and verovio load, a MIDI with notes, the result record.
     out = tmp_path / "out"
     assert result.path("musicxml") == out / "score.musicxml"
-    assert result.outputs == ["notes.csv", "preview.svg", "result.json", "score.mid", "score.musicxml"]
+    fixed = {"notes.csv", "preview.svg", "result.json", "score.mid", "score.musicxml", "score.pdf"}
+    pages = sorted(set(result.outputs) - fixed)
+    assert fixed <= set(result.outputs) and pages == [f"pages/page-{i}.svg" for i in range(1, len(pages) + 1)]
+    assert pages, "no page SVGs"
     toolkit = verovio.toolkit()
     assert toolkit.loadFile(str(out / "score.musicxml")) and toolkit.getPageCount() >= 1
     midi = pretty_midi.PrettyMIDI(str(out / "score.mid"))
@@ -118,6 +121,11 @@ def test_separated_song_writes_stems_and_one_part_per_stem(band_mix, transcriber
         assert rate == 44100 and data.shape == (round(band_mix.duration_s * 44100), 2)
     assert "separation" in result.timings
     assert set(result.n_notes_by_stem) <= {"other", "bass", "vocals"}
+    # result.json says how each stem's notes were read (issue 18: per-stem settings)
+    settings = json.loads(result.path("result").read_text())["transcription"]
+    assert set(settings) == {"other", "bass", "vocals"}
+    assert settings["vocals"]["refine"]["vibrato"] and not settings["other"]["refine"]["vibrato"]
+    assert settings["vocals"]["maximum_frequency"] == 2100.0 and settings["bass"]["onset_threshold"] == 0.5
     assert all(n.stem in ("other", "bass", "vocals") for n in result.notes)
     assert music21.converter.parse(result.path("musicxml")) is not None
     assert not list((tmp_path / "tmp").iterdir())
