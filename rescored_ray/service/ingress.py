@@ -42,7 +42,15 @@ from rescored_ray.errors import (
 )
 from rescored_ray.netguard import check_url
 from rescored_ray.options import JobOptions
-from rescored_ray.service.ledger import ClientLimits, JobEvent, JobRecord, JobStatus, dedup_key
+from rescored_ray.service.ledger import (
+    ClientLimits,
+    JobEvent,
+    JobRecord,
+    JobStatus,
+    dedup_key,
+    event_message,
+    iso_time,
+)
 from rescored_ray.service.serve_logs import route_to_replica_log
 from rescored_ray.settings import Settings
 from rescored_ray.source import parse_source, refuse_playlist
@@ -82,8 +90,7 @@ class TranscribeRequest(BaseModel):
         return (self.url or self.youtube_url or "").strip()
 
 
-def _iso(ts: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat() if ts else None
+_iso = iso_time
 
 
 def _answer(error: ServiceError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -169,19 +176,7 @@ def _final_event(job: JobRecord) -> JobEvent:
     return JobEvent(job_id=job.job_id, seq=0, type=kind, data=data, at=job.updated_at)  # type: ignore[arg-type]
 
 
-def _message(job_id: str, event: JobEvent) -> dict[str, Any]:
-    """A ledger event as the design's WebSocket message (docs/architecture.md, docs/api.md)."""
-    message = {"type": event.type, "job_id": job_id, "timestamp": _iso(event.at)}
-    data = event.data or {}
-    if event.type == "progress":
-        message.update(progress=data.get("progress"), stage=data.get("stage"), message=data.get("message"))
-    elif event.type == "completed":
-        message["result_url"] = f"{API}/scores/{job_id}"
-    elif event.type in ("error", "retrying"):
-        message["error"] = data.get("error")
-        if event.type == "retrying":
-            message.update(retry_in_s=data.get("retry_in_s"), attempt=data.get("attempt"))
-    return message
+_message = event_message
 
 
 def job_timeline(job: JobRecord) -> list[dict]:
