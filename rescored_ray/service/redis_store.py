@@ -743,20 +743,27 @@ class RedisJobStore(LedgerPolicy):
     ) -> AsyncIterator[dict[str, Any] | None]:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self.keys.updates(job_id))
+        last = time.monotonic()  # when the caller last heard something
         try:
             while True:
                 for event in await self._events_async(client, job_id, seq):
                     seq = event.seq
+                    last = time.monotonic()
                     yield {"seq": event.seq, **event_message(job_id, event)}
-                message = await pubsub.get_message(timeout=heartbeat_s)
+                # None also comes at once for the subscription's own confirmation: only a
+                # whole heartbeat_s of silence is reported
+                message = await pubsub.get_message(timeout=max(0.0, last + heartbeat_s - time.monotonic()))
                 if message is None:
-                    yield None
+                    if time.monotonic() - last >= heartbeat_s:
+                        last = time.monotonic()
+                        yield None
                     continue
                 if message.get("type") != "message":
                     continue
                 data = json.loads(message["data"])
                 if data.get("seq") == seq + 1:
                     seq += 1
+                    last = time.monotonic()
                     yield data
                 # anything else (an old one, or a gap) is settled by the log at the loop's top
         finally:

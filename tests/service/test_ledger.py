@@ -57,7 +57,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def open_store(spec: str, **kwargs: Any) -> JobStore:
+def open_store(spec: str, **kwargs: Any) -> Any:
     """The store named by ``spec``: a SQLite file path, or ``redis://...#prefix``."""
     if spec.startswith("redis://"):
         from rescored_ray.service.redis_store import RedisJobStore
@@ -87,7 +87,7 @@ def store(db: str, clock: FakeClock):
     s.close()
 
 
-def _submit(store: JobStore, name: str, priority: str = "default", **options) -> JobRecord:
+def _submit(store: Any, name: str, priority: str = "default", **options) -> JobRecord:
     job, deduped = store.submit(f"https://example.com/{name}", dedup_key(name, options), options, priority)
     assert not deduped
     return job
@@ -102,23 +102,23 @@ def _mp_context():
 # ----------------------------------------------------------------------------- basics
 
 
-def test_store_is_wal_and_jobstore(store: JobStore, db: str, backend: str) -> None:
+def test_store_is_wal_and_jobstore(store: Any, db: str, backend: str) -> None:
     assert isinstance(store, JobStore)
     if backend == "redis":
         return  # its layout: test_redis_data_model_follows_the_design
-    db = Path(db)
-    assert db.exists()
+    assert Path(db).exists()
     raw = sqlite3.connect(db)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
     finally:
         raw.close()
     # Per-connection settings, so read them on the store's own connection.
-    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    sqlite_store: Any = store
+    assert sqlite_store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert sqlite_store._conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
 
 
-def test_submit_creates_queued_job_with_event(store: JobStore, clock: FakeClock) -> None:
+def test_submit_creates_queued_job_with_event(store: Any, clock: FakeClock) -> None:
     job, deduped = store.submit("https://example.com/a", "k1", {"stems": ["other"]}, "high")
     assert deduped is False
     assert job.status is JobStatus.QUEUED and job.priority == "high"
@@ -134,7 +134,7 @@ def test_submit_creates_queued_job_with_event(store: JobStore, clock: FakeClock)
     assert store.get("nope") is None
 
 
-def test_invalid_priority_and_arguments(store: JobStore) -> None:
+def test_invalid_priority_and_arguments(store: Any) -> None:
     with pytest.raises(ValueError):
         store.submit("s", "k", {}, "urgent")
     with pytest.raises(ValueError):
@@ -155,7 +155,7 @@ def test_dedup_key_helper() -> None:
 # ----------------------------------------------------------------------------- ordering
 
 
-def test_priority_then_fifo(store: JobStore, clock: FakeClock) -> None:
+def test_priority_then_fifo(store: Any, clock: FakeClock) -> None:
     # The clock never moves, so created_at ties everywhere: order must come from the sequence.
     d1 = _submit(store, "d1")
     d2 = _submit(store, "d2")
@@ -168,7 +168,7 @@ def test_priority_then_fifo(store: JobStore, clock: FakeClock) -> None:
     assert order == [h1.job_id, h2.job_id, d1.job_id, d2.job_id, d3.job_id]
 
 
-def test_fifo_uses_sequence_not_clock(store: JobStore, clock: FakeClock) -> None:
+def test_fifo_uses_sequence_not_clock(store: Any, clock: FakeClock) -> None:
     a = _submit(store, "a")
     clock.advance(-100)  # the wall clock steps backwards (NTP)
     b = _submit(store, "b")
@@ -182,7 +182,7 @@ def test_fifo_uses_sequence_not_clock(store: JobStore, clock: FakeClock) -> None
 # ----------------------------------------------------------------------------- dedup
 
 
-def test_dedup_queued_running_completed(store: JobStore, clock: FakeClock) -> None:
+def test_dedup_queued_running_completed(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "song", tempo=90)
     key = job.dedup_key
     again, deduped = store.submit(job.source, key, {"tempo": 90})
@@ -205,7 +205,7 @@ def test_dedup_queued_running_completed(store: JobStore, clock: FakeClock) -> No
     assert len(store.list_jobs()) == 2
 
 
-def test_failed_and_cancelled_do_not_dedup(store: JobStore) -> None:
+def test_failed_and_cancelled_do_not_dedup(store: Any) -> None:
     job = _submit(store, "bad")
     store.lease("w", 60)
     failed = store.fail(job.job_id, "w", NonRetryableError("private video", stage="source").to_dict(), False)
@@ -219,7 +219,7 @@ def test_failed_and_cancelled_do_not_dedup(store: JobStore) -> None:
     assert not deduped and third.job_id not in (job.job_id, again.job_id)
 
 
-def test_running_job_with_cancel_requested_does_not_dedup(store: JobStore) -> None:
+def test_running_job_with_cancel_requested_does_not_dedup(store: Any) -> None:
     job = _submit(store, "x")
     store.lease("w", 60)
     store.cancel(job.job_id)
@@ -230,7 +230,7 @@ def test_running_job_with_cancel_requested_does_not_dedup(store: JobStore) -> No
 # ----------------------------------------------------------------------------- leasing
 
 
-def test_lease_marks_running_with_attempt(store: JobStore, clock: FakeClock) -> None:
+def test_lease_marks_running_with_attempt(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "a")
     clock.advance(5)
     leased = store.lease("worker-1", 30)
@@ -244,7 +244,7 @@ def test_lease_marks_running_with_attempt(store: JobStore, clock: FakeClock) -> 
         store.lease("worker-2", 0)
 
 
-def test_lease_expiry_requeues_and_next_attempt(store: JobStore, clock: FakeClock) -> None:
+def test_lease_expiry_requeues_and_next_attempt(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "a")
     store.lease("dead-worker", 30)
     store.update_progress(job.job_id, "dead-worker", 40, "separation", "separating")
@@ -267,7 +267,7 @@ def test_lease_expiry_requeues_and_next_attempt(store: JobStore, clock: FakeCloc
     assert types == ["queued", "progress", "retrying"]
 
 
-def test_heartbeat_extends_lease(store: JobStore, clock: FakeClock) -> None:
+def test_heartbeat_extends_lease(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "a")
     store.lease("w", 30)
     clock.advance(20)
@@ -303,7 +303,7 @@ def test_worker_lost_repeatedly_fails_after_max_attempts_plus_one(db: str, clock
         store.close()
 
 
-def test_lost_leases_count_against_retries(store: JobStore, clock: FakeClock) -> None:
+def test_lost_leases_count_against_retries(store: Any, clock: FakeClock) -> None:
     # max_attempts = 4: three lost leases then a retryable failure on attempt 4 -> failed.
     job = _submit(store, "a")
     for _ in range(3):
@@ -316,7 +316,7 @@ def test_lost_leases_count_against_retries(store: JobStore, clock: FakeClock) ->
     assert [a.outcome for a in out.attempts] == ["lease_expired"] * 3 + ["failed"]
 
 
-def test_only_lease_holder_may_report(store: JobStore) -> None:
+def test_only_lease_holder_may_report(store: Any) -> None:
     job = _submit(store, "a")
     store.lease("owner", 60)
     assert store.update_progress(job.job_id, "intruder", 50, "transcription", "x") is False
@@ -342,7 +342,7 @@ def test_only_lease_holder_may_report(store: JobStore) -> None:
 # ----------------------------------------------------------------------------- progress / events
 
 
-def test_progress_monotonic_and_events_ordered(store: JobStore, clock: FakeClock) -> None:
+def test_progress_monotonic_and_events_ordered(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "a")
     store.lease("w", 60)
     steps = [(5, "download"), (20, "separation"), (15, "separation"), (50, "transcription"), (250, "musicxml")]
@@ -375,7 +375,7 @@ def test_progress_monotonic_and_events_ordered(store: JobStore, clock: FakeClock
     assert isinstance(evs[0], JobEvent)
 
 
-def test_event_seq_is_per_job(store: JobStore) -> None:
+def test_event_seq_is_per_job(store: Any) -> None:
     a = _submit(store, "a")
     b = _submit(store, "b")
     store.lease("w", 60)
@@ -387,7 +387,7 @@ def test_event_seq_is_per_job(store: JobStore) -> None:
 # ----------------------------------------------------------------------------- retries
 
 
-def test_retry_backoff_then_failed_with_history(store: JobStore, clock: FakeClock) -> None:
+def test_retry_backoff_then_failed_with_history(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "flaky")
     delays = []
     for attempt in range(1, 5):
@@ -442,7 +442,7 @@ def test_backoff_is_capped(db: str, clock: FakeClock) -> None:
         store.close()
 
 
-def test_non_retryable_fails_at_once(store: JobStore, clock: FakeClock) -> None:
+def test_non_retryable_fails_at_once(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "private")
     store.lease("w", 60)
     out = store.fail(job.job_id, "w", NonRetryableError("age-restricted", stage="source"), False)
@@ -464,7 +464,7 @@ def test_non_retryable_fails_at_once(store: JobStore, clock: FakeClock) -> None:
 # ----------------------------------------------------------------------------- cancel
 
 
-def test_cancel_queued(store: JobStore, clock: FakeClock) -> None:
+def test_cancel_queued(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "a")
     out = store.cancel(job.job_id)
     assert out.status is JobStatus.CANCELLED and out.cancelled_at == clock()
@@ -474,7 +474,7 @@ def test_cancel_queued(store: JobStore, clock: FakeClock) -> None:
     assert store.cancel("unknown") is None
 
 
-def test_cancel_running_via_heartbeat(store: JobStore) -> None:
+def test_cancel_running_via_heartbeat(store: Any) -> None:
     job = _submit(store, "a")
     store.lease("w", 60)
     assert store.heartbeat(job.job_id, "w", 60).cancel_requested is False
@@ -492,7 +492,7 @@ def test_cancel_running_via_heartbeat(store: JobStore) -> None:
     assert store.heartbeat(job.job_id, "w", 60).ok is False
 
 
-def test_cancel_terminal_is_noop(store: JobStore) -> None:
+def test_cancel_terminal_is_noop(store: Any) -> None:
     job = _submit(store, "a")
     store.lease("w", 60)
     store.complete(job.job_id, "w", {"ok": True})
@@ -502,7 +502,7 @@ def test_cancel_terminal_is_noop(store: JobStore) -> None:
     assert store.get(job.job_id) == before
 
 
-def test_cancel_requested_blocks_retry_and_dead_worker(store: JobStore, clock: FakeClock) -> None:
+def test_cancel_requested_blocks_retry_and_dead_worker(store: Any, clock: FakeClock) -> None:
     a = _submit(store, "a")
     b = _submit(store, "b")
     store.lease("wa", 10)
@@ -559,7 +559,7 @@ def test_expire_deletes_and_returns(db: str, clock: FakeClock) -> None:
         store.close()
 
 
-def test_queue_stats_and_list(store: JobStore) -> None:
+def test_queue_stats_and_list(store: Any) -> None:
     assert store.queue_stats() == {
         "queued": {"high": 0, "default": 0},
         "running": 0,
@@ -727,7 +727,7 @@ def test_kill9_during_write_loop_keeps_every_acknowledged_job(db: str) -> None:
 # ----------------------------------------------------------------------------- contention
 
 
-def _leaser_loop(store: JobStore, name: str, out: list) -> None:
+def _leaser_loop(store: Any, name: str, out: list) -> None:
     while True:
         job = store.lease(name, 60)
         if job is None:
@@ -808,7 +808,7 @@ def test_lease_exclusive_across_threads_and_processes(db: str) -> None:
         s.close()
 
 
-def test_record_carries_the_event_seq_it_was_read_at(store: JobStore) -> None:
+def test_record_carries_the_event_seq_it_was_read_at(store: Any) -> None:
     """A stream that starts from a record's state and reads events after its seq misses nothing."""
     job = _submit(store, "seq")
     assert job.last_event_seq == store.events(job.job_id)[-1].seq
@@ -841,7 +841,7 @@ def test_redis_data_model_follows_the_design(redis_server, tmp_path: Path, clock
         store.lease("w", 60)
         store.update_progress(job.job_id, "w", 40, "separation", "separating")
         store.complete(job.job_id, "w", {"n_notes": 3})
-        heard = []
+        heard: list[dict] = []
         deadline = time.monotonic() + 5
         while len(heard) < 2 and time.monotonic() < deadline:
             message = pubsub.get_message(timeout=1)
