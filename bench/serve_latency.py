@@ -1,6 +1,7 @@
 """Serve submission latency under concurrency, and orchestration overhead per job.
 
     .venv/bin/python bench/serve_latency.py [--levels 1,16,64] [--requests 320] [--jobs 8]
+        [--ledger redis://127.0.0.1:6379/0] [--ingress-replicas 2]
 
 Starts a local service (separation off, one worker slot, loopback allowed). Latency: each
 level runs ``--requests`` POST /api/v1/transcribe calls from that many concurrent clients
@@ -10,7 +11,9 @@ and the queue drains); p50/p99 of the HTTP round trip. The same level against GE
 one ingress replica cost on this machine, before any of our work. Overhead: ``--jobs`` real jobs
 (examples/chorale.mp3 over loopback) one after another; submit-to-complete wall time minus
 the pipeline's own stage timings (download .. outputs) is what Ray, Serve, the ledger and
-the WebSocket add per job.
+the WebSocket add per job. ``--ledger`` picks the job store (default: SQLite in the temp
+data dir); with a Redis URL the ingress and the worker talk to Redis directly, and
+``--ingress-replicas`` may be more than one.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def main() -> None:
     parser.add_argument("--levels", default="1,16,64")
     parser.add_argument("--requests", type=int, default=320, help="submissions per level")
     parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--ledger", default=None, help="sqlite:///PATH or redis://HOST:PORT/DB (default: SQLite)")
+    parser.add_argument("--ingress-replicas", type=int, default=1)
     args = parser.parse_args()
 
     from rescored_ray.client import Client
@@ -93,6 +98,9 @@ def main() -> None:
                 "service": {
                     "data_dir": tmp,
                     "worker_slots": 1,
+                    "ledger": args.ledger,
+                    "ledger_prefix": f"bench-{time.time_ns()}:",  # a fresh keyspace on a shared Redis
+                    "ingress_replicas": args.ingress_replicas,
                     "security": {"allow_private_networks": True},
                     "limits": {"jobs_per_window": None, "max_active_jobs": None},  # one address sends everything
                 },
@@ -125,8 +133,9 @@ def main() -> None:
             files.shutdown()
             stop_service()
 
+    print(f"\nledger: {config.service.ledger_url}, ingress replicas: {args.ingress_replicas}")
     print(
-        f"\n{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'floor p50':>11}{'floor p99':>11}{'p99/floor':>11}"
+        f"{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'floor p50':>11}{'floor p99':>11}{'p99/floor':>11}"
     )
     for level, count, p50, p99, floor50, floor99 in rows:
         print(

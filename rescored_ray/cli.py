@@ -287,19 +287,38 @@ def serve(
     config: Path | None = config_option("configs/serve.yaml, a Serve config file"),
     host: str | None = typer.Option(None, "--host", help="Default: http_options.host, else 127.0.0.1."),
     port: int | None = typer.Option(None, "--port", help="Default: http_options.port, else 8000."),
+    ledger: str | None = typer.Option(
+        None,
+        "--ledger",
+        help="The job store: sqlite:///PATH (default: <data_dir>/ledger.sqlite3, one node) or "
+        "redis://HOST:PORT/DB (a service across nodes). Same as service.ledger / RESCORED_SERVICE__LEDGER.",
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Join this Ray cluster (host:port) instead of starting a local Ray."
+    ),
 ) -> None:
-    """Start a local Ray instance and the transcription service; Ctrl-C stops both."""
+    """Start a local Ray instance (or join one) and the transcription service; Ctrl-C stops both."""
     import time as _time
 
     from rescored_ray.service.runner import dashboard_url, start_service, stop_service
     from rescored_ray.settings import serve_http_options
 
     options = serve_http_options(config)
-    cfg = _settings(config)
-    base = start_service(cfg, host=host or options.get("host", "127.0.0.1"), port=port or options.get("port", 8000))
+    cfg = _settings(config, overrides={"service": {"ledger": ledger}} if ledger else None)
+    try:
+        base = start_service(
+            cfg, host=host or options.get("host", "127.0.0.1"), port=port or options.get("port", 8000), address=address
+        )
+    except ConfigError as exc:  # e.g. a local storage_uri on a cluster of several nodes
+        _fail(f"error (config, permanent): {exc.message}")
+        stop_service()
+        raise typer.Exit(2) from None
     typer.echo(f"rescored-ray service: {base}  (API docs: {base}/docs, queue: {base}/api/v1/queue)")
     typer.echo(f"Ray dashboard: {dashboard_url() or 'not started'}  (token auth: see ~/.ray/auth_token)")
-    typer.echo(f"data: {cfg.service.data_path}   results: {cfg.service.results_uri}   Ctrl-C to stop")
+    typer.echo(
+        f"ledger: {cfg.service.ledger_url}   results: {cfg.service.results_uri}   data: {cfg.service.data_path}"
+        "   Ctrl-C to stop"
+    )
     try:
         while True:
             _time.sleep(3600)

@@ -16,6 +16,12 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 
+def is_local_uri(uri: str) -> bool:
+    """Whether ``uri`` names this machine's own disk (a path, or ``file://``) rather than
+    storage every node shares (``s3://``, ``gs://``, ...)."""
+    return "://" not in uri or uri.startswith("file://")
+
+
 class ResultStore:
     """Files under ``uri``, addressed by relative keys such as ``<job_id>/score.musicxml``."""
 

@@ -257,3 +257,24 @@ def ray_head(tmp_path_factory):
     yield head
     head.stop()
     assert head.marked_pids() == [], "processes of the test cluster outlived its teardown"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real ``redis-server`` for the session (AOF on, ``appendfsync always``), on a free
+    loopback port with its own data folder; tests keep apart by database or key prefix."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"), appendfsync="always").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3-API server on a free loopback port (tests/s3_server.py), for ``s3://`` results."""
+    from tests.s3_server import S3Server
+
+    server = S3Server().start()
+    yield server
+    server.stop()

@@ -8,16 +8,53 @@ Every deployment gets the resolved settings: the environment was read here, once
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ray.serve import Application, Deployment
 
-from rescored_ray.service.config import DeploymentOptions
+from rescored_ray.errors import ConfigError
+from rescored_ray.service.config import DeploymentOptions, ServiceConfig
 from rescored_ray.service.ingress import Ingress
+from rescored_ray.service.ledger_client import ledger_kind
 from rescored_ray.service.ledger_deployment import LedgerDeployment
 from rescored_ray.service.models import SeparatorDeployment, TranscriberDeployment
 from rescored_ray.service.worker import PipelineWorker
 from rescored_ray.settings import Settings, load_settings
+from rescored_ray.storage import is_local_uri
+
+log = logging.getLogger(__name__)
+
+HEAD_NODE = "node:__internal_head__"  # a resource only Ray's head node has
+
+
+def _alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive")) if ray.is_initialized() else 1
+
+
+def check_cluster(service: ServiceConfig, nodes: int | None = None) -> None:
+    """Refuse what cannot work on a cluster of several nodes, at start rather than at the first
+    job: results on one node's local disk (every other node would miss them) unless the operator
+    says the path is shared. A SQLite ledger is allowed (pinned to the head node) but warned about."""
+    nodes = _alive_nodes() if nodes is None else nodes
+    if nodes <= 1:
+        return
+    if is_local_uri(service.results_uri) and not service.allow_local_storage_on_cluster:
+        raise ConfigError(
+            f"storage_uri {service.results_uri!r} is a local path, but this Ray cluster has {nodes} nodes: "
+            "results written on one node could not be served from another. Use storage_uri: s3://bucket/prefix "
+            "(or gs://), or set service.allow_local_storage_on_cluster: true if that path is a filesystem "
+            "shared by every node."
+        )
+    if ledger_kind(service.ledger_url) == "sqlite":
+        log.warning(
+            "the SQLite ledger keeps every job on the head node's disk (%d nodes in this cluster): losing the "
+            "head loses the jobs, and every request goes through one Ledger replica. Use service.ledger: "
+            "redis://HOST:PORT/DB for a service across nodes.",
+            nodes,
+        )
 
 
 def _gpus_available() -> bool:
@@ -53,11 +90,14 @@ def build_app(settings: Settings, gpus_available: bool | None = None) -> Applica
     gpus = _gpus_available() if gpus_available is None else gpus_available
     service, pipeline = settings.service, settings.pipeline
     data = settings.model_dump()
+    check_cluster(service)
     logging_config = {"encoding": service.log_encoding}  # JSON: each line carries rescored_job_id/_stage
+    ledger_actor: dict[str, Any] = {"num_cpus": 0}
+    if ledger_kind(service.ledger_url) == "sqlite":
+        # its file is on one node's disk: keep it on the head node, which outlives the workers
+        ledger_actor["resources"] = {HEAD_NODE: 0.001}
     ledger = (
-        _deployment(LedgerDeployment)
-        .options(ray_actor_options={"num_cpus": 0}, logging_config=logging_config)
-        .bind(data)
+        _deployment(LedgerDeployment).options(ray_actor_options=ledger_actor, logging_config=logging_config).bind(data)
     )
     separator = None  # a service for solo recordings (separation: none) deploys no Demucs at all
     if pipeline.separation.enabled:
@@ -82,7 +122,11 @@ def build_app(settings: Settings, gpus_available: bool | None = None) -> Applica
     )
     return (
         _deployment(Ingress)
-        .options(ray_actor_options={"num_cpus": 0}, logging_config=logging_config)
+        .options(
+            num_replicas=service.ingress_replicas,
+            ray_actor_options={"num_cpus": 0},
+            logging_config=logging_config,
+        )
         .bind(data, ledger, worker)
     )
 

@@ -73,7 +73,26 @@ class ServiceConfig(Section):
     """Everything ``rescored-ray serve`` needs; one file, ``configs/serve.yaml``."""
 
     data_dir: str = Field("~/.rescored", description="Ledger database, temp dirs and (by default) results.")
-    storage_uri: str | None = Field(None, description="pyarrow.fs URI for results; default <data_dir>/results.")
+    ledger: str | None = Field(
+        None,
+        description="The job store: sqlite:///PATH (default <data_dir>/ledger.sqlite3; one node) or "
+        "redis://HOST:PORT/DB (every replica talks to Redis; a service across nodes). "
+        "CLI: rescored-ray serve --ledger URL; env: RESCORED_SERVICE__LEDGER.",
+    )
+    ledger_prefix: str = Field("", description="Prefix of every Redis key (several services on one Redis).")
+    storage_uri: str | None = Field(
+        None,
+        description="pyarrow.fs URI for results; default <data_dir>/results. On a cluster of several nodes: "
+        "s3://bucket/prefix (or gs://); S3 options as URI query, e.g. ?endpoint_override=host:port&scheme=http.",
+    )
+    allow_local_storage_on_cluster: bool = Field(
+        False,
+        description="Start even though storage_uri is a local path on a cluster of several nodes "
+        "(only if that path is a shared filesystem mounted on every node).",
+    )
+    ingress_replicas: int = Field(
+        1, ge=1, description="Ingress (HTTP/WebSocket) replicas; more than one is for the Redis ledger."
+    )
     worker_slots: int = Field(1, ge=1, description="Jobs running at once; each slot runs one job at a time.")
     worker_num_cpus: float = Field(0.5, ge=0)
     lease_s: float = Field(30.0, gt=0, description="A job whose worker misses heartbeats this long is re-queued.")
@@ -107,6 +126,18 @@ class ServiceConfig(Section):
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
 
+    @field_validator("ledger")
+    @classmethod
+    def _ledger_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+            raise ValueError(f"ledger must be sqlite:///PATH or redis://HOST:PORT/DB, got {value!r}")
+        return value
+
     @property
     def results_uri(self) -> str:
         return self.storage_uri or str(self.data_path / "results")
+
+    @property
+    def ledger_url(self) -> str:
+        """``ledger``, or the SQLite file in the data dir."""
+        return self.ledger or f"sqlite:///{self.data_path / 'ledger.sqlite3'}"

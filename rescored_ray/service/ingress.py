@@ -42,7 +42,16 @@ from rescored_ray.errors import (
 )
 from rescored_ray.netguard import check_url
 from rescored_ray.options import JobOptions
-from rescored_ray.service.ledger import ClientLimits, JobEvent, JobRecord, JobStatus, dedup_key
+from rescored_ray.service.ledger import (
+    ClientLimits,
+    JobEvent,
+    JobRecord,
+    JobStatus,
+    dedup_key,
+    event_message,
+    iso_time,
+)
+from rescored_ray.service.ledger_client import ingress_ledger
 from rescored_ray.service.serve_logs import route_to_replica_log
 from rescored_ray.settings import Settings
 from rescored_ray.source import parse_source, refuse_playlist
@@ -82,8 +91,7 @@ class TranscribeRequest(BaseModel):
         return (self.url or self.youtube_url or "").strip()
 
 
-def _iso(ts: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat() if ts else None
+_iso = iso_time
 
 
 def _answer(error: ServiceError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -169,19 +177,7 @@ def _final_event(job: JobRecord) -> JobEvent:
     return JobEvent(job_id=job.job_id, seq=0, type=kind, data=data, at=job.updated_at)  # type: ignore[arg-type]
 
 
-def _message(job_id: str, event: JobEvent) -> dict[str, Any]:
-    """A ledger event as the design's WebSocket message (docs/architecture.md, docs/api.md)."""
-    message = {"type": event.type, "job_id": job_id, "timestamp": _iso(event.at)}
-    data = event.data or {}
-    if event.type == "progress":
-        message.update(progress=data.get("progress"), stage=data.get("stage"), message=data.get("message"))
-    elif event.type == "completed":
-        message["result_url"] = f"{API}/scores/{job_id}"
-    elif event.type in ("error", "retrying"):
-        message["error"] = data.get("error")
-        if event.type == "retrying":
-            message.update(retry_in_s=data.get("retry_in_s"), attempt=data.get("attempt"))
-    return message
+_message = event_message
 
 
 def job_timeline(job: JobRecord) -> list[dict]:
@@ -284,7 +280,7 @@ def _public_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: result.get(k) for k in keep if k in result}
 
 
-@serve.deployment(name="Ingress", num_replicas=1, max_ongoing_requests=200)
+@serve.deployment(name="Ingress", max_ongoing_requests=200)
 @serve.ingress(app)
 class Ingress:
     def __init__(self, settings: dict[str, Any], ledger: Any, worker: Any):
@@ -297,7 +293,7 @@ class Ingress:
         self.client_limits = ClientLimits(
             jobs_per_window=limits.jobs_per_window, window_s=limits.window_s, max_active=limits.max_active_jobs
         )
-        self.ledger = ledger
+        self.ledger = ingress_ledger(self.config, ledger)  # the Ledger actor, or Redis itself
         self.worker = worker
         self.results = ResultStore(self.config.results_uri)
 
@@ -317,8 +313,8 @@ class Ingress:
         # with per-client tokens a client may only join its own jobs; otherwise equal work is shared
         key = dedup_key(source.key, {**options, "client": client} if self.per_client else options)
         # over a client's limits the ledger raises RateLimited: a 429, answered by _refused
-        job, deduplicated = await self.ledger.submit.remote(
-            source.location, key, options, body.priority, client, self.client_limits
+        job, deduplicated = await self.ledger.call(
+            "submit", source.location, key, options, body.priority, client, self.client_limits
         )
         separated = (options.get("separation") or self.pipeline.separation.model) != "none"
         base = str(request.base_url).rstrip("/")
@@ -342,7 +338,7 @@ class Ingress:
 
     async def _job_for(self, request_or_socket: Request | WebSocket, job_id: str) -> JobRecord:
         """The job if the caller may see it; else JobNotFound or Forbidden."""
-        job = await self.ledger.get.remote(job_id)
+        job = await self.ledger.call("get", job_id)
         if job is None:
             raise JobNotFound("job not found")
         if self.per_client and job.client_id != request_or_socket.state.client_id:
@@ -404,14 +400,14 @@ class Ingress:
         if status is not None and status not in {s.value for s in JobStatus}:
             raise InvalidRequest(f"invalid status {status!r}: one of {', '.join(s.value for s in JobStatus)}")
         mine = request.state.client_id if self.per_client else None
-        jobs = await self.ledger.list_jobs.remote(status, max(1, min(int(limit), 500)), mine)
+        jobs = await self.ledger.call("list_jobs", status, max(1, min(int(limit), 500)), mine)
         base = str(request.base_url).rstrip("/")
         return {"jobs": [self._view(job, base) for job in jobs]}
 
     @app.delete(f"{API}/jobs/{{job_id}}")
     async def cancel(self, job_id: str, request: Request):
         await self._job_for(request, job_id)
-        job = await self.ledger.cancel.remote(job_id)
+        job = await self.ledger.call("cancel", job_id)
         if job is None:
             raise JobNotFound("job not found")
         return {"job_id": job_id, "status": job.status.value, "cancel_requested": job.cancel_requested}
@@ -419,7 +415,7 @@ class Ingress:
     @app.get(f"{API}/queue")
     async def queue(self):
         """Queue depth per priority, jobs per status, and the worker slots (busy or idle)."""
-        stats, workers = await asyncio.gather(self.ledger.queue_stats.remote(), self.ledger.workers.remote())
+        stats, workers = await asyncio.gather(self.ledger.call("queue_stats"), self.ledger.workers())
         return {**stats, "worker_slots": self.config.worker_slots, "workers": workers}
 
     # -- status page -------------------------------------------------------------------------
@@ -436,7 +432,7 @@ class Ingress:
     @app.get("/healthz")
     async def healthz(self):
         """Readiness: the ingress is up and the ledger answers."""
-        await self.ledger.queue_stats.remote()
+        await self.ledger.call("queue_stats")
         return {"status": "ok"}
 
     @app.get("/livez")
@@ -513,18 +509,17 @@ class Ingress:
             await websocket.close()
             return
         try:
-            while True:
-                # a long-poll: the ledger answers as soon as this job has a new event
-                events = await self.ledger.events_wait.remote(job_id, seq, HEARTBEAT_S)
-                for event in events:
-                    seq = event.seq
-                    await websocket.send_json(_message(job_id, event))
-                    if event.type in FINAL_EVENTS:
-                        await websocket.close()
-                        return
-                if not events:
+            # the ledger's long-poll (SQLite), or job:{id}:updates (Redis): whole and in order either way
+            async for message in self.ledger.follow(job_id, seq, HEARTBEAT_S):
+                if message is None:
                     await websocket.send_json(
                         {"type": "heartbeat", "job_id": job_id, "timestamp": _iso(dt.datetime.now().timestamp())}
                     )
+                    continue
+                message.pop("seq", None)
+                await websocket.send_json(message)
+                if message["type"] in FINAL_EVENTS:
+                    await websocket.close()
+                    return
         except WebSocketDisconnect:
             return

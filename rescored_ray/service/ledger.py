@@ -50,6 +50,7 @@ All times are float epoch seconds from the injectable ``clock``.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import secrets
@@ -79,6 +80,8 @@ __all__ = [
     "RateLimited",
     "SQLiteJobStore",
     "dedup_key",
+    "event_message",
+    "iso_time",
     "validate_priority",
 ]
 
@@ -194,6 +197,30 @@ class JobEvent:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+API_PREFIX = "/api/v1"
+
+
+def iso_time(ts: float | None) -> str | None:
+    """Epoch seconds as the API writes times (ISO 8601, UTC); None stays None."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat() if ts else None
+
+
+def event_message(job_id: str, event: JobEvent) -> dict[str, Any]:
+    """A ledger event as the design's WebSocket message (docs/api.md): what the WebSocket sends,
+    and what a Redis ledger publishes on ``job:{id}:updates`` (with the event's ``seq``)."""
+    message: dict[str, Any] = {"type": event.type, "job_id": job_id, "timestamp": iso_time(event.at)}
+    data = event.data or {}
+    if event.type == "progress":
+        message.update(progress=data.get("progress"), stage=data.get("stage"), message=data.get("message"))
+    elif event.type == "completed":
+        message["result_url"] = f"{API_PREFIX}/scores/{job_id}"
+    elif event.type in ("error", "retrying"):
+        message["error"] = data.get("error")
+        if event.type == "retrying":
+            message.update(retry_in_s=data.get("retry_in_s"), attempt=data.get("attempt"))
+    return message
 
 
 @dataclass(frozen=True)
@@ -375,14 +402,20 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-class SQLiteJobStore:
-    """:class:`JobStore` on one SQLite file in WAL mode (see the module docstring).
+class LedgerPolicy:
+    """What every job store does to a job, whatever stores it: the one copy of the rules.
+
+    A backend reads the job(s) a change needs inside its own atomic unit (a SQLite write
+    transaction, a Redis WATCH/MULTI), calls one ``_apply_*`` method here, which changes the
+    in-memory :class:`JobRecord` and writes it back through the backend's ``_save`` and
+    ``_emit``, and commits. So SQLite and Redis cannot drift apart on what a lease, a retry,
+    a lost worker or a cancel means; only on how they keep it.
 
     Retries: a job gets ``max_attempts = 1 + max_retries`` attempts. A retryable
     failure of attempt ``n`` re-queues the job with ``not_before = now +
     min(backoff_max_s, backoff_base_s * 2**(n-1))`` (1 s, 2 s, 4 s, ...).
 
-    Lost leases (the worker died or stalled; see :meth:`requeue_expired`) *do*
+    Lost leases (the worker died or stalled; see :meth:`JobStore.requeue_expired`) *do*
     count as attempts, so a job that keeps crashing its workers cannot loop
     forever, but a job is never failed *because of* a lost lease until it has had
     ``max_attempts + 1`` attempts in all: a worker crash is usually the
@@ -393,7 +426,6 @@ class SQLiteJobStore:
 
     def __init__(
         self,
-        path: str | Path,
         *,
         max_retries: int = 3,
         backoff_base_s: float = 1.0,
@@ -407,7 +439,6 @@ class SQLiteJobStore:
             raise ValueError("max_retries must be >= 0")
         if backoff_base_s < 0 or backoff_max_s < 0:
             raise ValueError("backoff must be >= 0")
-        self.path = Path(path)
         self.max_retries = int(max_retries)
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
@@ -415,7 +446,285 @@ class SQLiteJobStore:
         self.result_ttl_s = float(result_ttl_s)
         self.clock = clock
         self.on_transition = on_transition
-        self._pending: list[tuple[str, JobRecord, dict]] = []
+        self._local = threading.local()  # transitions of the change in progress, per thread
+
+    @property
+    def _pending(self) -> list[tuple[str, JobRecord, dict]]:
+        pending: list[tuple[str, JobRecord, dict]] | None = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = []
+        return pending
+
+    # what a backend provides
+    def _save(self, tx: Any, job: JobRecord) -> None:
+        """Write every mutable field of ``job`` back, inside the backend's atomic unit ``tx``."""
+        raise NotImplementedError
+
+    def _emit(self, tx: Any, job_id: str, type_: str, data: dict, now: float) -> int:
+        """Append the job's next event inside ``tx``; returns its seq."""
+        raise NotImplementedError
+
+    def _notify(self, kind: str, job: JobRecord, **info: Any) -> None:
+        """Queue a transition for ``on_transition``; it is announced only once the transaction commits."""
+        if self.on_transition is not None:
+            self._pending.append((kind, job, info))
+
+    def _announce(self) -> None:
+        pending = list(self._pending)
+        self._pending.clear()
+        for kind, job, info in pending:
+            with contextlib.suppress(Exception):  # metrics and logs must never undo a committed state change
+                self.on_transition(kind, job, info)  # type: ignore[misc]
+
+    @staticmethod
+    def _held(job: JobRecord | None, worker_id: str) -> bool:
+        """The lease is held until another call takes it back (requeue_expired) or the job ends.
+
+        A late heartbeat or report from the holder that arrives after
+        ``lease_expires_at`` but before anyone re-queued the job still counts:
+        nobody else can hold the job then, so accepting it loses nothing.
+        """
+        return job is not None and job.status is JobStatus.RUNNING and job.lease_owner == worker_id
+
+    def _backoff(self, attempt_number: int) -> float:
+        return backoff_delay(attempt_number, self.backoff_base_s, self.backoff_max_s)
+
+    @staticmethod
+    def _end_attempt(
+        job: JobRecord, now: float, outcome: str, error: dict | None = None, timeline: list[dict] | None = None
+    ) -> None:
+        if job.attempts and job.attempts[-1].outcome is None:
+            a = job.attempts[-1]
+            a.ended_at = now
+            a.outcome = outcome  # type: ignore[assignment]
+            a.error = error
+            a.stage = job.current_stage
+            if timeline is not None:
+                a.timeline = list(timeline)
+
+    @staticmethod
+    def _clear_lease(job: JobRecord) -> None:
+        job.lease_owner = None
+        job.lease_expires_at = None
+
+    def _to_cancelled(self, tx: Any, job: JobRecord, now: float, reason: str) -> None:
+        job.status = JobStatus.CANCELLED
+        job.cancelled_at = now
+        job.updated_at = now
+        job.expires_at = now + self.failed_ttl_s
+        job.status_message = reason
+        self._clear_lease(job)
+        self._save(tx, job)
+        self._emit(tx, job.job_id, "cancelled", {"reason": reason}, now)
+        self._notify("cancelled", job)
+
+    def _to_failed(self, tx: Any, job: JobRecord, now: float, error: dict) -> None:
+        job.status = JobStatus.FAILED
+        job.failed_at = now
+        job.updated_at = now
+        job.error = error
+        job.expires_at = now + self.failed_ttl_s
+        job.status_message = error.get("message")
+        self._clear_lease(job)
+        self._save(tx, job)
+        self._emit(tx, job.job_id, "error", {"error": error}, now)
+        self._notify("failed", job, error=error)
+
+    @staticmethod
+    def _normalize_error(error: Any, retryable: bool, stage: str | None) -> dict:
+        """Coerce to {type, message, stage, retryable, ...}; accepts a dict or a PipelineError."""
+        if isinstance(error, BaseException):
+            d = (
+                dict(error.to_dict())
+                if hasattr(error, "to_dict")
+                else {
+                    "type": type(error).__name__,
+                    "message": str(error),
+                }
+            )
+        elif isinstance(error, Mapping):
+            d = dict(error)
+        else:
+            d = {"message": str(error)}
+        d.setdefault("type", "Error")
+        d["message"] = str(d.get("message", ""))
+        if not d.get("stage"):
+            d["stage"] = stage or "pipeline"
+        d["retryable"] = bool(retryable)
+        return d
+
+    # ------------------------------------------------------------------ the rules of each change
+
+    def _apply_lease(self, tx: Any, job: JobRecord, worker_id: str, lease_s: float, now: float) -> JobRecord:
+        """``job`` (queued and ready) becomes the caller's: a new attempt; progress restarts at 0."""
+        job.status = JobStatus.RUNNING
+        job.lease_owner = worker_id
+        job.lease_expires_at = now + lease_s
+        if job.started_at is None:
+            job.started_at = now
+        job.updated_at = now
+        job.progress = 0
+        job.current_stage = None
+        job.attempts.append(Attempt(number=len(job.attempts) + 1, worker=worker_id, started_at=now))
+        job.status_message = f"attempt {len(job.attempts)} running"
+        self._save(tx, job)
+        self._notify("leased", job, waited_s=now - job.created_at if len(job.attempts) == 1 else None)
+        return job
+
+    def _apply_progress(
+        self, tx: Any, job: JobRecord, percent: int, stage: str | None, message: str | None, now: float
+    ) -> bool:
+        """Clamp to 0-100; emit "progress". An update below the attempt's current progress is
+        an older one arriving late (workers send progress without waiting): it is dropped."""
+        if int(percent) < job.progress:
+            return True
+        pct = max(job.progress, min(100, max(0, int(percent))))
+        job.progress = pct
+        if stage is not None:
+            job.current_stage = stage
+        if message is not None:
+            job.status_message = message
+        if job.attempts:
+            job.attempts[-1].stage = job.current_stage
+        job.updated_at = now
+        self._save(tx, job)
+        self._emit(tx, job.job_id, "progress", {"progress": pct, "stage": job.current_stage, "message": message}, now)
+        return True
+
+    def _apply_complete(self, tx: Any, job: JobRecord, result: dict, timeline: list[dict] | None, now: float) -> bool:
+        self._end_attempt(job, now, "completed", timeline=timeline)
+        job.status = JobStatus.COMPLETED
+        job.progress = 100
+        job.result = result
+        job.error = None
+        job.completed_at = now
+        job.updated_at = now
+        job.expires_at = now + self.result_ttl_s
+        job.status_message = "completed"
+        self._clear_lease(job)
+        self._save(tx, job)
+        self._emit(tx, job.job_id, "completed", {"result": result}, now)
+        self._notify("completed", job)
+        return True
+
+    def _apply_fail(
+        self,
+        tx: Any,
+        job: JobRecord,
+        error: dict | BaseException,
+        retryable: bool,
+        timeline: list[dict] | None,
+        now: float,
+    ) -> JobRecord:
+        """Retry with exponential backoff while attempts remain, else fail for good.
+
+        "Attempts used" is the number of attempts so far, including lost leases.
+        If a cancel was requested, a retryable failure is not retried: the job is
+        cancelled instead.
+        """
+        err = self._normalize_error(error, retryable, job.current_stage)
+        n = len(job.attempts)
+        if retryable and job.cancel_requested:
+            self._end_attempt(job, now, "cancelled", err, timeline)
+            self._to_cancelled(tx, job, now, "cancelled (failed after cancel was requested)")
+        elif retryable and n < job.max_attempts:
+            delay = self._backoff(n)
+            self._end_attempt(job, now, "retrying", err, timeline)
+            job.status = JobStatus.QUEUED
+            job.not_before = now + delay
+            job.updated_at = now
+            job.status_message = f"attempt {n} failed, retrying in {delay:g} s: {err['message']}"
+            self._clear_lease(job)
+            self._save(tx, job)
+            self._emit(tx, job.job_id, "retrying", {"error": err, "retry_in_s": delay, "attempt": n}, now)
+            self._notify("retrying", job, error=err, reason="error")
+        else:
+            self._end_attempt(job, now, "failed", err, timeline)
+            self._to_failed(tx, job, now, err)
+        return job
+
+    def _apply_cancel(self, tx: Any, job: JobRecord, now: float) -> JobRecord:
+        """A queued job is cancelled now; a running one is asked to stop (its heartbeat says so)."""
+        if job.status is JobStatus.QUEUED:
+            self._to_cancelled(tx, job, now, "cancelled")
+        elif job.status is JobStatus.RUNNING and not job.cancel_requested:
+            job.cancel_requested = True
+            job.updated_at = now
+            job.status_message = "cancel requested"
+            self._save(tx, job)
+        return job
+
+    def _apply_mark_cancelled(self, tx: Any, job: JobRecord, timeline: list[dict] | None, now: float) -> bool:
+        self._end_attempt(job, now, "cancelled", timeline=timeline)
+        self._to_cancelled(tx, job, now, "cancelled")
+        return True
+
+    def _apply_take_back(self, tx: Any, job: JobRecord, now: float) -> None:
+        """A running job whose lease ran out (acks_late: the job outlives its worker).
+
+        The current attempt is closed as "lease_expired". The job goes back to
+        the queue at once, unless a cancel was requested (-> cancelled) or it has
+        already had ``max_attempts + 1`` attempts (-> failed, "worker lost repeatedly").
+        """
+        n = len(job.attempts)
+        err = {
+            "type": "LeaseExpired",
+            "message": f"worker {job.lease_owner} lost its lease (no heartbeat)",
+            "stage": job.current_stage or "pipeline",
+            "retryable": True,
+        }
+        self._end_attempt(job, now, "lease_expired", err)
+        if job.cancel_requested:
+            self._to_cancelled(tx, job, now, "cancelled (worker lost after cancel was requested)")
+        elif n >= job.max_attempts + 1:
+            self._to_failed(
+                tx,
+                job,
+                now,
+                {
+                    "type": "WorkerLost",
+                    "message": "worker lost repeatedly",
+                    "stage": job.current_stage or "pipeline",
+                    "retryable": False,
+                },
+            )
+        else:
+            job.status = JobStatus.QUEUED
+            job.not_before = now
+            job.updated_at = now
+            job.status_message = f"attempt {n}: worker lost, re-queued"
+            self._clear_lease(job)
+            self._save(tx, job)
+            self._emit(tx, job.job_id, "retrying", {"error": err, "retry_in_s": 0.0, "attempt": n}, now)
+            self._notify("retrying", job, error=err, reason="lease_expired")
+
+
+class SQLiteJobStore(LedgerPolicy):
+    """:class:`JobStore` on one SQLite file in WAL mode (see the module docstring); the rules
+    of every change are :class:`LedgerPolicy`'s."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_retries: int = 3,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 600.0,
+        failed_ttl_s: float = 86400,
+        result_ttl_s: float = 30 * 86400,
+        clock: Callable[[], float] = time.time,
+        on_transition: Callable[[str, JobRecord, dict], None] | None = None,
+    ) -> None:
+        super().__init__(
+            max_retries=max_retries,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            failed_ttl_s=failed_ttl_s,
+            result_ttl_s=result_ttl_s,
+            clock=clock,
+            on_transition=on_transition,
+        )
+        self.path = Path(path)
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn: sqlite3.Connection | None = self._connect()
@@ -502,17 +811,6 @@ class SQLiteJobStore:
                     conn.execute("ROLLBACK")
                 raise
             self._announce()
-
-    def _notify(self, kind: str, job: JobRecord, **info: Any) -> None:
-        """Queue a transition for ``on_transition``; it is announced only once the transaction commits."""
-        if self.on_transition is not None:
-            self._pending.append((kind, job, info))
-
-    def _announce(self) -> None:
-        pending, self._pending = self._pending, []
-        for kind, job, info in pending:
-            with contextlib.suppress(Exception):  # metrics and logs must never undo a committed state change
-                self.on_transition(kind, job, info)  # type: ignore[misc]
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -601,83 +899,6 @@ class SQLiteJobStore:
             (job_id, seq, type_, _dumps(data), now),
         )
         return int(seq)
-
-    @staticmethod
-    def _held(job: JobRecord | None, worker_id: str) -> bool:
-        """The lease is held until another call takes it back (requeue_expired) or the job ends.
-
-        A late heartbeat or report from the holder that arrives after
-        ``lease_expires_at`` but before anyone re-queued the job still counts:
-        nobody else can hold the job then, so accepting it loses nothing.
-        """
-        return job is not None and job.status is JobStatus.RUNNING and job.lease_owner == worker_id
-
-    def _backoff(self, attempt_number: int) -> float:
-        return backoff_delay(attempt_number, self.backoff_base_s, self.backoff_max_s)
-
-    @staticmethod
-    def _end_attempt(
-        job: JobRecord, now: float, outcome: str, error: dict | None = None, timeline: list[dict] | None = None
-    ) -> None:
-        if job.attempts and job.attempts[-1].outcome is None:
-            a = job.attempts[-1]
-            a.ended_at = now
-            a.outcome = outcome  # type: ignore[assignment]
-            a.error = error
-            a.stage = job.current_stage
-            if timeline is not None:
-                a.timeline = list(timeline)
-
-    @staticmethod
-    def _clear_lease(job: JobRecord) -> None:
-        job.lease_owner = None
-        job.lease_expires_at = None
-
-    def _to_cancelled(self, conn: sqlite3.Connection, job: JobRecord, now: float, reason: str) -> None:
-        job.status = JobStatus.CANCELLED
-        job.cancelled_at = now
-        job.updated_at = now
-        job.expires_at = now + self.failed_ttl_s
-        job.status_message = reason
-        self._clear_lease(job)
-        self._save(conn, job)
-        self._emit(conn, job.job_id, "cancelled", {"reason": reason}, now)
-        self._notify("cancelled", job)
-
-    def _to_failed(self, conn: sqlite3.Connection, job: JobRecord, now: float, error: dict) -> None:
-        job.status = JobStatus.FAILED
-        job.failed_at = now
-        job.updated_at = now
-        job.error = error
-        job.expires_at = now + self.failed_ttl_s
-        job.status_message = error.get("message")
-        self._clear_lease(job)
-        self._save(conn, job)
-        self._emit(conn, job.job_id, "error", {"error": error}, now)
-        self._notify("failed", job, error=error)
-
-    @staticmethod
-    def _normalize_error(error: Any, retryable: bool, stage: str | None) -> dict:
-        """Coerce to {type, message, stage, retryable, ...}; accepts a dict or a PipelineError."""
-        if isinstance(error, BaseException):
-            d = (
-                dict(error.to_dict())
-                if hasattr(error, "to_dict")
-                else {
-                    "type": type(error).__name__,
-                    "message": str(error),
-                }
-            )
-        elif isinstance(error, Mapping):
-            d = dict(error)
-        else:
-            d = {"message": str(error)}
-        d.setdefault("type", "Error")
-        d["message"] = str(d.get("message", ""))
-        if not d.get("stage"):
-            d["stage"] = stage or "pipeline"
-        d["retryable"] = bool(retryable)
-        return d
 
     # ------------------------------------------------------------------ JobStore
 
@@ -815,20 +1036,7 @@ class SQLiteJobStore:
             ).fetchone()
             if row is None:
                 return None
-            job = self._record(row)
-            job.status = JobStatus.RUNNING
-            job.lease_owner = worker_id
-            job.lease_expires_at = now + lease_s
-            if job.started_at is None:
-                job.started_at = now
-            job.updated_at = now
-            job.progress = 0
-            job.current_stage = None
-            job.attempts.append(Attempt(number=len(job.attempts) + 1, worker=worker_id, started_at=now))
-            job.status_message = f"attempt {len(job.attempts)} running"
-            self._save(conn, job)
-            self._notify("leased", job, waited_s=now - job.created_at if len(job.attempts) == 1 else None)
-            return job
+            return self._apply_lease(conn, self._record(row), worker_id, lease_s, now)
 
     def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> HeartbeatReply:
         if lease_s <= 0:
@@ -847,33 +1055,12 @@ class SQLiteJobStore:
     def update_progress(
         self, job_id: str, worker_id: str, percent: int, stage: str | None, message: str | None
     ) -> bool:
-        """Clamp to 0-100; emit "progress". An update below the attempt's current progress is
-        an older one arriving late (workers send progress without waiting): it is dropped."""
         with self._write() as (conn, now):
             job = self._fetch(conn, job_id)
             if not self._held(job, worker_id):
                 return False
             assert job is not None
-            if int(percent) < job.progress:
-                return True
-            pct = max(job.progress, min(100, max(0, int(percent))))
-            job.progress = pct
-            if stage is not None:
-                job.current_stage = stage
-            if message is not None:
-                job.status_message = message
-            if job.attempts:
-                job.attempts[-1].stage = job.current_stage
-            job.updated_at = now
-            self._save(conn, job)
-            self._emit(
-                conn,
-                job_id,
-                "progress",
-                {"progress": pct, "stage": job.current_stage, "message": message},
-                now,
-            )
-            return True
+            return self._apply_progress(conn, job, percent, stage, message, now)
 
     def complete(self, job_id: str, worker_id: str, result: dict, timeline: list[dict] | None = None) -> bool:
         result = dict(result or {})
@@ -883,20 +1070,7 @@ class SQLiteJobStore:
             if not self._held(job, worker_id):
                 return False
             assert job is not None
-            self._end_attempt(job, now, "completed", timeline=timeline)
-            job.status = JobStatus.COMPLETED
-            job.progress = 100
-            job.result = result
-            job.error = None
-            job.completed_at = now
-            job.updated_at = now
-            job.expires_at = now + self.result_ttl_s
-            job.status_message = "completed"
-            self._clear_lease(job)
-            self._save(conn, job)
-            self._emit(conn, job_id, "completed", {"result": result}, now)
-            self._notify("completed", job)
-            return True
+            return self._apply_complete(conn, job, result, timeline, now)
 
     def fail(
         self,
@@ -906,51 +1080,20 @@ class SQLiteJobStore:
         retryable: bool,
         timeline: list[dict] | None = None,
     ) -> JobRecord | None:
-        """Retry with exponential backoff while attempts remain, else fail for good.
-
-        "Attempts used" is the number of attempts so far, including lost leases.
-        If a cancel was requested, a retryable failure is not retried: the job is
-        cancelled instead.
-        """
+        """See :meth:`LedgerPolicy._apply_fail`."""
         with self._write() as (conn, now):
             job = self._fetch(conn, job_id)
             if not self._held(job, worker_id):
                 return None
             assert job is not None
-            err = self._normalize_error(error, retryable, job.current_stage)
-            n = len(job.attempts)
-            if retryable and job.cancel_requested:
-                self._end_attempt(job, now, "cancelled", err, timeline)
-                self._to_cancelled(conn, job, now, "cancelled (failed after cancel was requested)")
-            elif retryable and n < job.max_attempts:
-                delay = self._backoff(n)
-                self._end_attempt(job, now, "retrying", err, timeline)
-                job.status = JobStatus.QUEUED
-                job.not_before = now + delay
-                job.updated_at = now
-                job.status_message = f"attempt {n} failed, retrying in {delay:g} s: {err['message']}"
-                self._clear_lease(job)
-                self._save(conn, job)
-                self._emit(conn, job_id, "retrying", {"error": err, "retry_in_s": delay, "attempt": n}, now)
-                self._notify("retrying", job, error=err, reason="error")
-            else:
-                self._end_attempt(job, now, "failed", err, timeline)
-                self._to_failed(conn, job, now, err)
-            return job
+            return self._apply_fail(conn, job, error, retryable, timeline, now)
 
     def cancel(self, job_id: str) -> JobRecord | None:
         with self._write() as (conn, now):
             job = self._fetch(conn, job_id)
             if job is None:
                 return None
-            if job.status is JobStatus.QUEUED:
-                self._to_cancelled(conn, job, now, "cancelled")
-            elif job.status is JobStatus.RUNNING and not job.cancel_requested:
-                job.cancel_requested = True
-                job.updated_at = now
-                job.status_message = "cancel requested"
-                self._save(conn, job)
-            return job
+            return self._apply_cancel(conn, job, now)
 
     def mark_cancelled(self, job_id: str, worker_id: str, timeline: list[dict] | None = None) -> bool:
         with self._write() as (conn, now):
@@ -958,9 +1101,7 @@ class SQLiteJobStore:
             if not self._held(job, worker_id):
                 return False
             assert job is not None
-            self._end_attempt(job, now, "cancelled", timeline=timeline)
-            self._to_cancelled(conn, job, now, "cancelled")
-            return True
+            return self._apply_mark_cancelled(conn, job, timeline, now)
 
     def requeue_expired(self) -> list[str]:
         """Take back running jobs whose ``lease_expires_at < now`` (acks_late: the job outlives its worker).
@@ -981,37 +1122,7 @@ class SQLiteJobStore:
         ids = []
         for row in rows:
             job = self._record(row)
-            n = len(job.attempts)
-            err = {
-                "type": "LeaseExpired",
-                "message": f"worker {job.lease_owner} lost its lease (no heartbeat)",
-                "stage": job.current_stage or "pipeline",
-                "retryable": True,
-            }
-            self._end_attempt(job, now, "lease_expired", err)
-            if job.cancel_requested:
-                self._to_cancelled(conn, job, now, "cancelled (worker lost after cancel was requested)")
-            elif n >= job.max_attempts + 1:
-                self._to_failed(
-                    conn,
-                    job,
-                    now,
-                    {
-                        "type": "WorkerLost",
-                        "message": "worker lost repeatedly",
-                        "stage": job.current_stage or "pipeline",
-                        "retryable": False,
-                    },
-                )
-            else:
-                job.status = JobStatus.QUEUED
-                job.not_before = now
-                job.updated_at = now
-                job.status_message = f"attempt {n}: worker lost, re-queued"
-                self._clear_lease(job)
-                self._save(conn, job)
-                self._emit(conn, job.job_id, "retrying", {"error": err, "retry_in_s": 0.0, "attempt": n}, now)
-                self._notify("retrying", job, error=err, reason="lease_expired")
+            self._apply_take_back(conn, job, now)
             ids.append(job.job_id)
         return ids
 

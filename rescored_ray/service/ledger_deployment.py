@@ -2,7 +2,12 @@
 
 Serve restarts the replica if it dies; the new one reopens the same WAL database,
 so queued, running and finished jobs survive (running ones are re-queued when their
-lease expires). It also sweeps expired results: records and their files.
+lease expires). It also sweeps expired results: records and their files. A SQLite file
+lives on one node's disk, so this replica is pinned to the head node (``app.build_app``).
+
+With the Redis ledger (``service.ledger: redis://...``) the ingress and the workers talk to
+Redis themselves (:mod:`rescored_ray.service.ledger_client`); this replica then only keeps
+house: the expiry sweep, taking back expired leases, and the gauges.
 
 Nobody polls it: an idle worker's ``lease_wait`` and a WebSocket's ``events_wait`` are
 long-polls that return the moment the ledger commits something they care about (a job
@@ -26,8 +31,9 @@ from typing import Any
 
 from ray import serve
 
-from rescored_ray import logs, metrics
-from rescored_ray.service.ledger import JobRecord, JobStatus, JobStore, SQLiteJobStore
+from rescored_ray import metrics
+from rescored_ray.service.ledger import JobRecord, JobStatus, JobStore
+from rescored_ray.service.ledger_client import ledger_kind, open_store, record_transition, worker_slots
 from rescored_ray.service.serve_logs import route_to_replica_log
 from rescored_ray.settings import Settings
 from rescored_ray.storage import ResultStore
@@ -84,15 +90,10 @@ class LedgerDeployment:
         route_to_replica_log()
         self.config = Settings.model_validate(settings).service
         self.config.data_path.mkdir(parents=True, exist_ok=True)
-        self.store: JobStore = SQLiteJobStore(
-            self.config.data_path / "ledger.sqlite3",
-            max_retries=self.config.max_retries,
-            backoff_base_s=self.config.backoff_base_s,
-            backoff_max_s=self.config.backoff_max_s,
-            failed_ttl_s=self.config.failed_ttl_s,
-            result_ttl_s=self.config.result_ttl_s,
-            on_transition=self._on_transition,
-        )
+        self.redis = ledger_kind(self.config.ledger_url) == "redis"
+        if not self.redis:
+            warn_if_not_on_head_node()
+        self.store: JobStore = open_store(self.config, on_transition=self._on_transition)
         self.results = ResultStore(self.config.results_uri)
         self._seen: dict[str, float] = {}  # worker id -> last time it leased or heartbeated
         self.wakeups = Wakeups()
@@ -179,58 +180,20 @@ class LedgerDeployment:
         """Worker slots that asked for work within one lease period: busy (and with which
         job) or idle. A slot that stopped asking has died or is being replaced."""
         now = time.time()
-        running = {job.lease_owner: job for job in self.store.list_jobs(JobStatus.RUNNING, limit=1000)}
-        seen_at = dict(self._seen)  # a snapshot: lease calls add to it from other threads
-        for worker in [w for w, seen in seen_at.items() if now - seen > 10 * self.config.lease_s]:
-            self._seen.pop(worker, None)  # long gone: forget it
-        # an idle worker asks again at least every poll_s (its long-poll), a busy one heartbeats
-        window = self.config.lease_s + self.config.poll_s
-        alive = {worker: seen for worker, seen in seen_at.items() if now - seen <= window}
-        return [
-            {
-                "worker_id": worker,
-                "busy": worker in running,
-                "job_id": running[worker].job_id if worker in running else None,
-                "stage": running[worker].current_stage if worker in running else None,
-                "last_seen_s": round(now - seen, 2),
-            }
-            for worker, seen in sorted(alive.items())
-        ]
+        if self.redis:  # the workers report to Redis, not here
+            seen = self.store.workers_seen(forget_after_s=10 * self.config.lease_s)  # type: ignore[attr-defined]
+        else:
+            seen = dict(self._seen)  # a snapshot: lease calls add to it from other threads
+            for worker in [w for w, at in seen.items() if now - at > 10 * self.config.lease_s]:
+                self._seen.pop(worker, None)  # long gone: forget it
+        return worker_slots(self.store.list_jobs(JobStatus.RUNNING, limit=1000), seen, self.config, now)
 
     # -- monitoring ---------------------------------------------------------------------------
     def _on_transition(self, kind: str, job: JobRecord, info: dict) -> None:
         self.wakeups.poke(job.job_id)
         if kind in ("submitted", "retrying"):
             self.wakeups.poke(QUEUE)
-        priority = job.priority
-        if kind == "submitted":
-            metrics.inc("rescored_jobs_submitted_total", priority=priority, deduplicated=info["deduplicated"])
-        elif kind == "leased" and info.get("waited_s") is not None:
-            metrics.observe("rescored_queue_wait_seconds", info["waited_s"], priority=priority)
-        elif kind == "completed":
-            metrics.inc("rescored_jobs_completed_total", priority=priority)
-            metrics.observe(
-                "rescored_job_seconds", (job.completed_at or job.updated_at) - job.created_at, priority=priority
-            )
-        elif kind == "retrying":
-            metrics.inc("rescored_job_retries_total", stage=info["error"].get("stage"), reason=info["reason"])
-        elif kind == "failed":
-            error = info["error"]
-            metrics.inc(
-                "rescored_jobs_failed_total",
-                priority=priority,
-                stage=error.get("stage"),
-                retryable=bool(error.get("retryable")),
-            )
-            log.info(
-                "job %s failed in %s: %s",
-                job.job_id,
-                error.get("stage"),
-                error.get("message"),
-                extra={logs.JOB_ID_FIELD: job.job_id, logs.STAGE_FIELD: error.get("stage")},
-            )
-        elif kind == "cancelled":
-            metrics.inc("rescored_jobs_cancelled_total", priority=priority)
+        record_transition(kind, job, info)
 
     def _gauge_loop(self) -> None:
         while not self._stop.wait(self.config.metrics_interval_s):
@@ -272,6 +235,12 @@ class LedgerDeployment:
     def check_health(self) -> None:
         self.store.queue_stats()
 
+    def node_id(self) -> str:
+        """The Ray node this replica runs on (tests check where Serve put it)."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
     def actor_name(self) -> str:
         """This replica's Ray actor name (namespace "serve"), for operators and fault tests."""
         import ray
@@ -280,3 +249,25 @@ class LedgerDeployment:
 
     def __del__(self):
         self._stop.set()
+
+
+def warn_if_not_on_head_node() -> None:
+    """A SQLite ledger is a file on this node's disk: if this is not the head node, a restart
+    of this replica elsewhere opens an empty ledger. ``build_app`` pins the replica to the
+    head; this says so loudly if that was overridden."""
+    import ray
+
+    try:
+        here = ray.get_runtime_context().get_node_id()
+        head = next(
+            (n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None
+        )
+    except Exception:
+        return
+    if head is not None and here != head:
+        log.warning(
+            "the SQLite ledger runs on node %s, not on the head node %s: if this node goes, every job goes "
+            "with it. Use service.ledger: redis://... on a cluster of several nodes.",
+            here,
+            head,
+        )

@@ -41,6 +41,7 @@ from rescored_ray.netguard import guard_connections
 from rescored_ray.options import JobOptions
 from rescored_ray.pipeline import Pipeline, publish
 from rescored_ray.service.ledger import JobRecord
+from rescored_ray.service.ledger_client import worker_ledger
 from rescored_ray.service.models import RemoteSeparator, RemoteTranscriber
 from rescored_ray.service.serve_logs import route_to_replica_log
 from rescored_ray.settings import Settings
@@ -64,7 +65,7 @@ class PipelineWorker:
         route_to_replica_log()
         resolved = Settings.model_validate(settings)
         self.config, self.pipeline = resolved.service, resolved.pipeline
-        self.ledger = ledger
+        self.ledger = worker_ledger(self.config, ledger)  # the Ledger actor, or Redis itself
         self.separator = RemoteSeparator(separator) if separator is not None else None
         self.transcriber = RemoteTranscriber(transcriber, self.pipeline.transcription)
         self.store = ResultStore(self.config.results_uri)
@@ -100,6 +101,7 @@ class PipelineWorker:
             "pid": os.getpid(),
             "busy": current is not None,
             "actor_name": ray.get_runtime_context().get_actor_name(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "job_id": current[0] if current else None,
             "jobs_done": self.jobs_done,
         }
@@ -112,8 +114,8 @@ class PipelineWorker:
         while not self._stop.is_set():
             try:
                 # a long-poll: returns the moment a job is queued, or None after poll_s
-                job = self.ledger.lease_wait.remote(self.worker_id, self.config.lease_s, self.config.poll_s).result()
-            except Exception:  # the ledger is restarting: wait and ask again
+                job = self.ledger.lease_wait(self.worker_id, self.config.lease_s, self.config.poll_s)
+            except Exception:  # the ledger (or Redis) is restarting: wait and ask again
                 log.warning("lease request failed; retrying", exc_info=True)
                 self._stop.wait(1.0)
                 continue
@@ -134,7 +136,7 @@ class PipelineWorker:
         def heartbeat() -> None:
             while not beat_stop.wait(self.config.heartbeat_s):
                 try:
-                    reply = self.ledger.heartbeat.remote(job_id, self.worker_id, self.config.lease_s).result()
+                    reply = self.ledger.heartbeat(job_id, self.worker_id, self.config.lease_s)
                 except Exception:
                     continue
                 state["cancel"] |= reply.cancel_requested
@@ -153,7 +155,7 @@ class PipelineWorker:
         def progress(percent: int, stage: str, message: str) -> None:
             # Fire and forget: the job never waits on its progress report. A lost lease is
             # noticed by the heartbeat instead; a late report is dropped by the ledger.
-            self.ledger.update_progress.remote(job_id, self.worker_id, percent, stage, message)
+            self.ledger.progress(job_id, self.worker_id, percent, stage, message)
 
         beater = threading.Thread(target=heartbeat, name=f"heartbeat-{job_id[:8]}", daemon=True)
         beater.start()
@@ -225,7 +227,7 @@ class PipelineWorker:
         delay = 0.2
         while True:
             try:
-                getattr(self.ledger, method).remote(job_id, *args).result()
+                self.ledger.acknowledge(method, job_id, *args)
                 return
             except Exception as exc:
                 if time.monotonic() + delay > deadline or self._stop.is_set():

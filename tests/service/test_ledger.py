@@ -1,8 +1,11 @@
-"""The durable job ledger (rescored_ray.service.ledger) on real SQLite files.
+"""The job ledger's contract, run on both stores: SQLite (a real database file under
+``tmp_path``) and Redis (a real ``redis-server``, tests/redis_server.py, each test under its
+own key prefix).
 
-Every test uses a real database file under ``tmp_path`` and a fake clock; the
-concurrency and crash tests use real threads and real processes (fork where
-available) on the same file.
+Every test runs once per store (``[sqlite]``, ``[redis]``) with a fake clock; the
+concurrency and crash tests use real threads and real processes (fork where available) on
+the same store. A store is named by a string (``db``): a file path, or
+``redis://host:port/db#prefix``, which :func:`open_store` opens in any process.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from rescored_ray.service.ledger import (
     SQLiteJobStore,
     dedup_key,
 )
+from rescored_ray.service.redis_store import RedisJobStore
 
 T0 = 1_700_000_000.0
 
@@ -53,19 +57,37 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "ledger.sqlite3"
+def open_store(spec: str, **kwargs: Any) -> Any:
+    """The store named by ``spec``: a SQLite file path, or ``redis://...#prefix``."""
+    if spec.startswith("redis://"):
+        from rescored_ray.service.redis_store import RedisJobStore
+
+        url, _, prefix = spec.partition("#")
+        return RedisJobStore(url, prefix=prefix, **kwargs)
+    return SQLiteJobStore(spec, **kwargs)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def store(db: Path, clock: FakeClock):
-    s = SQLiteJobStore(db, clock=clock)
+def db(backend: str, tmp_path: Path, request) -> str:
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        return f"{server.url(1)}#{tmp_path.name}:"  # a key prefix per test: stores never meet
+    return str(tmp_path / "data" / "ledger.sqlite3")
+
+
+@pytest.fixture
+def store(db: str, clock: FakeClock):
+    s = open_store(db, clock=clock)
     yield s
     s.close()
 
 
-def _submit(store: JobStore, name: str, priority: str = "default", **options) -> JobRecord:
+def _submit(store: Any, name: str, priority: str = "default", **options) -> JobRecord:
     job, deduped = store.submit(f"https://example.com/{name}", dedup_key(name, options), options, priority)
     assert not deduped
     return job
@@ -80,20 +102,23 @@ def _mp_context():
 # ----------------------------------------------------------------------------- basics
 
 
-def test_store_is_wal_and_jobstore(store: SQLiteJobStore, db: Path) -> None:
+def test_store_is_wal_and_jobstore(store: Any, db: str, backend: str) -> None:
     assert isinstance(store, JobStore)
-    assert db.exists()
+    if backend == "redis":
+        return  # its layout: test_redis_data_model_follows_the_design
+    assert Path(db).exists()
     raw = sqlite3.connect(db)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
     finally:
         raw.close()
     # Per-connection settings, so read them on the store's own connection.
-    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    sqlite_store: Any = store
+    assert sqlite_store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert sqlite_store._conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
 
 
-def test_submit_creates_queued_job_with_event(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_submit_creates_queued_job_with_event(store: Any, clock: FakeClock) -> None:
     job, deduped = store.submit("https://example.com/a", "k1", {"stems": ["other"]}, "high")
     assert deduped is False
     assert job.status is JobStatus.QUEUED and job.priority == "high"
@@ -109,7 +134,7 @@ def test_submit_creates_queued_job_with_event(store: SQLiteJobStore, clock: Fake
     assert store.get("nope") is None
 
 
-def test_invalid_priority_and_arguments(store: SQLiteJobStore) -> None:
+def test_invalid_priority_and_arguments(store: Any) -> None:
     with pytest.raises(ValueError):
         store.submit("s", "k", {}, "urgent")
     with pytest.raises(ValueError):
@@ -130,7 +155,7 @@ def test_dedup_key_helper() -> None:
 # ----------------------------------------------------------------------------- ordering
 
 
-def test_priority_then_fifo(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_priority_then_fifo(store: Any, clock: FakeClock) -> None:
     # The clock never moves, so created_at ties everywhere: order must come from the sequence.
     d1 = _submit(store, "d1")
     d2 = _submit(store, "d2")
@@ -143,7 +168,7 @@ def test_priority_then_fifo(store: SQLiteJobStore, clock: FakeClock) -> None:
     assert order == [h1.job_id, h2.job_id, d1.job_id, d2.job_id, d3.job_id]
 
 
-def test_fifo_uses_sequence_not_clock(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_fifo_uses_sequence_not_clock(store: Any, clock: FakeClock) -> None:
     a = _submit(store, "a")
     clock.advance(-100)  # the wall clock steps backwards (NTP)
     b = _submit(store, "b")
@@ -157,7 +182,7 @@ def test_fifo_uses_sequence_not_clock(store: SQLiteJobStore, clock: FakeClock) -
 # ----------------------------------------------------------------------------- dedup
 
 
-def test_dedup_queued_running_completed(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_dedup_queued_running_completed(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "song", tempo=90)
     key = job.dedup_key
     again, deduped = store.submit(job.source, key, {"tempo": 90})
@@ -180,7 +205,7 @@ def test_dedup_queued_running_completed(store: SQLiteJobStore, clock: FakeClock)
     assert len(store.list_jobs()) == 2
 
 
-def test_failed_and_cancelled_do_not_dedup(store: SQLiteJobStore) -> None:
+def test_failed_and_cancelled_do_not_dedup(store: Any) -> None:
     job = _submit(store, "bad")
     store.lease("w", 60)
     failed = store.fail(job.job_id, "w", NonRetryableError("private video", stage="source").to_dict(), False)
@@ -194,7 +219,7 @@ def test_failed_and_cancelled_do_not_dedup(store: SQLiteJobStore) -> None:
     assert not deduped and third.job_id not in (job.job_id, again.job_id)
 
 
-def test_running_job_with_cancel_requested_does_not_dedup(store: SQLiteJobStore) -> None:
+def test_running_job_with_cancel_requested_does_not_dedup(store: Any) -> None:
     job = _submit(store, "x")
     store.lease("w", 60)
     store.cancel(job.job_id)
@@ -205,7 +230,7 @@ def test_running_job_with_cancel_requested_does_not_dedup(store: SQLiteJobStore)
 # ----------------------------------------------------------------------------- leasing
 
 
-def test_lease_marks_running_with_attempt(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_lease_marks_running_with_attempt(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "a")
     clock.advance(5)
     leased = store.lease("worker-1", 30)
@@ -219,7 +244,7 @@ def test_lease_marks_running_with_attempt(store: SQLiteJobStore, clock: FakeCloc
         store.lease("worker-2", 0)
 
 
-def test_lease_expiry_requeues_and_next_attempt(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_lease_expiry_requeues_and_next_attempt(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "a")
     store.lease("dead-worker", 30)
     store.update_progress(job.job_id, "dead-worker", 40, "separation", "separating")
@@ -242,7 +267,7 @@ def test_lease_expiry_requeues_and_next_attempt(store: SQLiteJobStore, clock: Fa
     assert types == ["queued", "progress", "retrying"]
 
 
-def test_heartbeat_extends_lease(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_heartbeat_extends_lease(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "a")
     store.lease("w", 30)
     clock.advance(20)
@@ -258,8 +283,8 @@ def test_heartbeat_extends_lease(store: SQLiteJobStore, clock: FakeClock) -> Non
     assert store.heartbeat(job.job_id, "w", 30).ok is False
 
 
-def test_worker_lost_repeatedly_fails_after_max_attempts_plus_one(db: Path, clock: FakeClock) -> None:
-    store = SQLiteJobStore(db, max_retries=1, clock=clock)  # max_attempts = 2
+def test_worker_lost_repeatedly_fails_after_max_attempts_plus_one(db: str, clock: FakeClock) -> None:
+    store = open_store(db, max_retries=1, clock=clock)  # max_attempts = 2
     try:
         job = _submit(store, "poison")
         for i in range(3):
@@ -278,7 +303,7 @@ def test_worker_lost_repeatedly_fails_after_max_attempts_plus_one(db: Path, cloc
         store.close()
 
 
-def test_lost_leases_count_against_retries(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_lost_leases_count_against_retries(store: Any, clock: FakeClock) -> None:
     # max_attempts = 4: three lost leases then a retryable failure on attempt 4 -> failed.
     job = _submit(store, "a")
     for _ in range(3):
@@ -291,7 +316,7 @@ def test_lost_leases_count_against_retries(store: SQLiteJobStore, clock: FakeClo
     assert [a.outcome for a in out.attempts] == ["lease_expired"] * 3 + ["failed"]
 
 
-def test_only_lease_holder_may_report(store: SQLiteJobStore) -> None:
+def test_only_lease_holder_may_report(store: Any) -> None:
     job = _submit(store, "a")
     store.lease("owner", 60)
     assert store.update_progress(job.job_id, "intruder", 50, "transcription", "x") is False
@@ -317,7 +342,7 @@ def test_only_lease_holder_may_report(store: SQLiteJobStore) -> None:
 # ----------------------------------------------------------------------------- progress / events
 
 
-def test_progress_monotonic_and_events_ordered(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_progress_monotonic_and_events_ordered(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "a")
     store.lease("w", 60)
     steps = [(5, "download"), (20, "separation"), (15, "separation"), (50, "transcription"), (250, "musicxml")]
@@ -350,7 +375,7 @@ def test_progress_monotonic_and_events_ordered(store: SQLiteJobStore, clock: Fak
     assert isinstance(evs[0], JobEvent)
 
 
-def test_event_seq_is_per_job(store: SQLiteJobStore) -> None:
+def test_event_seq_is_per_job(store: Any) -> None:
     a = _submit(store, "a")
     b = _submit(store, "b")
     store.lease("w", 60)
@@ -362,7 +387,7 @@ def test_event_seq_is_per_job(store: SQLiteJobStore) -> None:
 # ----------------------------------------------------------------------------- retries
 
 
-def test_retry_backoff_then_failed_with_history(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_retry_backoff_then_failed_with_history(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "flaky")
     delays = []
     for attempt in range(1, 5):
@@ -402,8 +427,8 @@ def test_retry_backoff_then_failed_with_history(store: SQLiteJobStore, clock: Fa
     assert store.lease("w", 60) is None
 
 
-def test_backoff_is_capped(db: Path, clock: FakeClock) -> None:
-    store = SQLiteJobStore(db, max_retries=10, backoff_base_s=100, backoff_max_s=250, clock=clock)
+def test_backoff_is_capped(db: str, clock: FakeClock) -> None:
+    store = open_store(db, max_retries=10, backoff_base_s=100, backoff_max_s=250, clock=clock)
     try:
         job = _submit(store, "a")
         waits = []
@@ -417,7 +442,7 @@ def test_backoff_is_capped(db: Path, clock: FakeClock) -> None:
         store.close()
 
 
-def test_non_retryable_fails_at_once(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_non_retryable_fails_at_once(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "private")
     store.lease("w", 60)
     out = store.fail(job.job_id, "w", NonRetryableError("age-restricted", stage="source"), False)
@@ -439,7 +464,7 @@ def test_non_retryable_fails_at_once(store: SQLiteJobStore, clock: FakeClock) ->
 # ----------------------------------------------------------------------------- cancel
 
 
-def test_cancel_queued(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_cancel_queued(store: Any, clock: FakeClock) -> None:
     job = _submit(store, "a")
     out = store.cancel(job.job_id)
     assert out.status is JobStatus.CANCELLED and out.cancelled_at == clock()
@@ -449,7 +474,7 @@ def test_cancel_queued(store: SQLiteJobStore, clock: FakeClock) -> None:
     assert store.cancel("unknown") is None
 
 
-def test_cancel_running_via_heartbeat(store: SQLiteJobStore) -> None:
+def test_cancel_running_via_heartbeat(store: Any) -> None:
     job = _submit(store, "a")
     store.lease("w", 60)
     assert store.heartbeat(job.job_id, "w", 60).cancel_requested is False
@@ -467,7 +492,7 @@ def test_cancel_running_via_heartbeat(store: SQLiteJobStore) -> None:
     assert store.heartbeat(job.job_id, "w", 60).ok is False
 
 
-def test_cancel_terminal_is_noop(store: SQLiteJobStore) -> None:
+def test_cancel_terminal_is_noop(store: Any) -> None:
     job = _submit(store, "a")
     store.lease("w", 60)
     store.complete(job.job_id, "w", {"ok": True})
@@ -477,7 +502,7 @@ def test_cancel_terminal_is_noop(store: SQLiteJobStore) -> None:
     assert store.get(job.job_id) == before
 
 
-def test_cancel_requested_blocks_retry_and_dead_worker(store: SQLiteJobStore, clock: FakeClock) -> None:
+def test_cancel_requested_blocks_retry_and_dead_worker(store: Any, clock: FakeClock) -> None:
     a = _submit(store, "a")
     b = _submit(store, "b")
     store.lease("wa", 10)
@@ -496,8 +521,8 @@ def test_cancel_requested_blocks_retry_and_dead_worker(store: SQLiteJobStore, cl
 # ----------------------------------------------------------------------------- expiry / stats
 
 
-def test_expire_deletes_and_returns(db: Path, clock: FakeClock) -> None:
-    store = SQLiteJobStore(db, failed_ttl_s=100, result_ttl_s=1000, clock=clock)
+def test_expire_deletes_and_returns(db: str, clock: FakeClock) -> None:
+    store = open_store(db, failed_ttl_s=100, result_ttl_s=1000, clock=clock)
     try:
         done = _submit(store, "done")
         bad = _submit(store, "bad")
@@ -534,7 +559,7 @@ def test_expire_deletes_and_returns(db: Path, clock: FakeClock) -> None:
         store.close()
 
 
-def test_queue_stats_and_list(store: SQLiteJobStore) -> None:
+def test_queue_stats_and_list(store: Any) -> None:
     assert store.queue_stats() == {
         "queued": {"high": 0, "default": 0},
         "running": 0,
@@ -567,8 +592,8 @@ def test_queue_stats_and_list(store: SQLiteJobStore) -> None:
 # ----------------------------------------------------------------------------- durability
 
 
-def test_close_and_reopen_keeps_everything(db: Path, clock: FakeClock) -> None:
-    store = SQLiteJobStore(db, clock=clock)
+def test_close_and_reopen_keeps_everything(db: str, clock: FakeClock) -> None:
+    store = open_store(db, clock=clock)
     a = _submit(store, "a")
     b = _submit(store, "b", "high")
     c = _submit(store, "c")
@@ -583,7 +608,7 @@ def test_close_and_reopen_keeps_everything(db: Path, clock: FakeClock) -> None:
     with pytest.raises(RuntimeError):
         store.get(a.job_id)
 
-    reopened = SQLiteJobStore(db, clock=clock)
+    reopened = open_store(db, clock=clock)
     try:
         assert {j.job_id: j for j in reopened.list_jobs()} == snapshot
         assert {jid: reopened.events(jid) for jid in snapshot} == events
@@ -598,27 +623,40 @@ def test_close_and_reopen_keeps_everything(db: Path, clock: FakeClock) -> None:
 
 
 def _child_submit_then_hang(path: str, n: int, conn_w) -> None:
-    store = SQLiteJobStore(path)
+    store = open_store(path)
     ids = [store.submit(f"src{i}", f"key{i}", {"i": i})[0].job_id for i in range(n)]
-    # Now hold the write lock mid-transaction with uncommitted changes, and wait to be killed.
-    raw = sqlite3.connect(path, isolation_level=None)
-    raw.execute("BEGIN IMMEDIATE")
-    raw.execute("UPDATE jobs SET status = 'failed'")
-    raw.execute(
-        "INSERT INTO jobs (job_id, source, dedup_key, options, priority, priority_rank, status,"
-        " created_at, updated_at, max_attempts, not_before) VALUES"
-        " ('ghost', 's', 'k', '{}', 'default', 1, 'queued', 0, 0, 1, 0)"
-    )
+    # Now hold a transaction open with uncommitted changes, and wait to be killed.
+    if path.startswith("redis://"):
+        assert isinstance(store, RedisJobStore)
+        pipe = store.redis.pipeline(transaction=True)
+        pipe.watch(*(store.keys.job(i) for i in ids))
+        pipe.multi()  # queued on the server side of this connection, never EXECuted
+        for i in ids:
+            pipe.hset(store.keys.job(i), "status", "failed")
+        pipe.hset(store.keys.job("ghost"), mapping={"job_id": "ghost", "status": "queued"})
+        pipe.zadd(store.keys.idx("jobs"), {"ghost": 0})
+        # redis-py buffers MULTI until EXEC; send the commands so the server holds them
+        conn = pipe.connection or store.redis.connection_pool.get_connection()
+        conn.send_packed_command(conn.pack_commands([("MULTI",), ("HSET", store.keys.job(ids[0]), "status", "failed")]))
+    else:
+        raw = sqlite3.connect(path, isolation_level=None)
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute("UPDATE jobs SET status = 'failed'")
+        raw.execute(
+            "INSERT INTO jobs (job_id, source, dedup_key, options, priority, priority_rank, status,"
+            " created_at, updated_at, max_attempts, not_before) VALUES"
+            " ('ghost', 's', 'k', '{}', 'default', 1, 'queued', 0, 0, 1, 0)"
+        )
     conn_w.send(ids)
     conn_w.close()
     time.sleep(60)
 
 
-def test_kill9_mid_transaction_keeps_committed_jobs(db: Path) -> None:
+def test_kill9_mid_transaction_keeps_committed_jobs(db: str) -> None:
     ctx = _mp_context()
-    SQLiteJobStore(db).close()
+    open_store(db).close()
     r, w = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child_submit_then_hang, args=(str(db), 30, w), daemon=True)
+    p = ctx.Process(target=_child_submit_then_hang, args=(db, 30, w), daemon=True)
     p.start()
     w.close()
     assert r.poll(20), "child did not report"
@@ -627,15 +665,16 @@ def test_kill9_mid_transaction_keeps_committed_jobs(db: Path) -> None:
     p.join(10)
     assert p.exitcode == -signal.SIGKILL
 
-    store = SQLiteJobStore(db, clock=FakeClock(time.time() + 1))
+    store = open_store(db, clock=FakeClock(time.time() + 1))
     try:
-        raw = sqlite3.connect(db)
-        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        raw.close()
+        if not db.startswith("redis://"):
+            raw = sqlite3.connect(db)
+            assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            raw.close()
         jobs = store.list_jobs(limit=1000)
         assert sorted(j.job_id for j in jobs) == sorted(ids)  # no ghost, nothing lost
         assert all(j.status is JobStatus.QUEUED for j in jobs)  # the uncommitted UPDATE rolled back
-        # The dead process's write lock is gone: writes go through at once.
+        # The dead process's lock (SQLite's file lock, Redis's watches) is gone: writes go through at once.
         t = time.monotonic()
         leased = store.lease("w", 60)
         assert leased is not None and leased.job_id == ids[0]
@@ -645,7 +684,7 @@ def test_kill9_mid_transaction_keeps_committed_jobs(db: Path) -> None:
 
 
 def _child_submit_forever(path: str, conn_w) -> None:
-    store = SQLiteJobStore(path)
+    store = open_store(path)
     i = 0
     while True:
         job, _ = store.submit(f"src{i}", f"key{i}", {"i": i}, "high" if i % 3 == 0 else "default")
@@ -653,11 +692,11 @@ def _child_submit_forever(path: str, conn_w) -> None:
         i += 1
 
 
-def test_kill9_during_write_loop_keeps_every_acknowledged_job(db: Path) -> None:
+def test_kill9_during_write_loop_keeps_every_acknowledged_job(db: str) -> None:
     ctx = _mp_context()
-    SQLiteJobStore(db).close()
+    open_store(db).close()
     r, w = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child_submit_forever, args=(str(db), w), daemon=True)
+    p = ctx.Process(target=_child_submit_forever, args=(db, w), daemon=True)
     p.start()
     w.close()
     acked: list[Any] = []
@@ -673,7 +712,7 @@ def test_kill9_during_write_loop_keeps_every_acknowledged_job(db: Path) -> None:
         except EOFError:
             break
     assert len(acked) >= 40
-    store = SQLiteJobStore(db)
+    store = open_store(db)
     try:
         present = {j.job_id: j for j in store.list_jobs(limit=100_000)}
         assert set(acked) <= set(present)
@@ -688,7 +727,7 @@ def test_kill9_during_write_loop_keeps_every_acknowledged_job(db: Path) -> None:
 # ----------------------------------------------------------------------------- contention
 
 
-def _leaser_loop(store: SQLiteJobStore, name: str, out: list) -> None:
+def _leaser_loop(store: Any, name: str, out: list) -> None:
     while True:
         job = store.lease(name, 60)
         if job is None:
@@ -700,7 +739,7 @@ def _leaser_loop(store: SQLiteJobStore, name: str, out: list) -> None:
 
 
 def _child_leaser(path: str, name: str, start, q) -> None:
-    store = SQLiteJobStore(path)
+    store = open_store(path)
     got: list = []
     try:
         start.wait(20)
@@ -712,9 +751,9 @@ def _child_leaser(path: str, name: str, start, q) -> None:
         store.close()
 
 
-def test_lease_exclusive_across_threads_and_processes(db: Path) -> None:
+def test_lease_exclusive_across_threads_and_processes(db: str) -> None:
     n_jobs = 200
-    setup = SQLiteJobStore(db)
+    setup = open_store(db)
     submitted = [
         setup.submit(f"src{i}", f"key{i}", {}, "high" if i % 4 == 0 else "default")[0].job_id for i in range(n_jobs)
     ]
@@ -723,13 +762,13 @@ def test_lease_exclusive_across_threads_and_processes(db: Path) -> None:
     ctx = _mp_context()
     start = ctx.Event()
     q = ctx.Queue()
-    procs = [ctx.Process(target=_child_leaser, args=(str(db), f"proc{i}", start, q), daemon=True) for i in range(2)]
+    procs = [ctx.Process(target=_child_leaser, args=(db, f"proc{i}", start, q), daemon=True) for i in range(2)]
     for p in procs:
         p.start()
 
-    setup = SQLiteJobStore(db)
-    shared = SQLiteJobStore(db)  # two threads share one instance, two have their own
-    stores = [shared, shared, SQLiteJobStore(db), SQLiteJobStore(db)]
+    setup = open_store(db)
+    shared = open_store(db)  # two threads share one instance, two have their own
+    stores = [shared, shared, open_store(db), open_store(db)]
     results: dict[str, list] = {f"thread{i}": [] for i in range(4)}
     errors: list = []
 
@@ -769,7 +808,7 @@ def test_lease_exclusive_across_threads_and_processes(db: Path) -> None:
         s.close()
 
 
-def test_record_carries_the_event_seq_it_was_read_at(store: SQLiteJobStore) -> None:
+def test_record_carries_the_event_seq_it_was_read_at(store: Any) -> None:
     """A stream that starts from a record's state and reads events after its seq misses nothing."""
     job = _submit(store, "seq")
     assert job.last_event_seq == store.events(job.job_id)[-1].seq
@@ -781,3 +820,93 @@ def test_record_carries_the_event_seq_it_was_read_at(store: SQLiteJobStore) -> N
     after = store.events(job.job_id, snapshot.last_event_seq)
     assert leased is not None and snapshot.progress == 10
     assert [(e.type, e.data.get("progress")) for e in after] == [("progress", 20), ("completed", None)]
+
+
+# ----------------------------------------------------------------------------- Redis only
+
+
+def test_redis_data_model_follows_the_design(redis_server, tmp_path: Path, clock: FakeClock) -> None:
+    """``job:{id}`` is a hash of the record; ``job:{id}:updates`` carries the WebSocket's own
+    messages (with their seq), published in the same transaction as the change."""
+    from rescored_ray.service.ledger import event_message
+
+    store = RedisJobStore(redis_server.url(2), prefix=f"{tmp_path.name}:", clock=clock)
+    try:
+        job = _submit(store, "model", stems=["bass"])
+        h = store.redis.hgetall(f"{tmp_path.name}:job:{job.job_id}")
+        assert h["status"] == "queued" and h["priority"] == "default" and h["progress"] == "0"
+        assert json.loads(h["options"]) == {"stems": ["bass"]} and h["event_seq"] == "1"
+        pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(f"{tmp_path.name}:job:{job.job_id}:updates")
+        store.lease("w", 60)
+        store.update_progress(job.job_id, "w", 40, "separation", "separating")
+        store.complete(job.job_id, "w", {"n_notes": 3})
+        heard: list[dict] = []
+        deadline = time.monotonic() + 5
+        while len(heard) < 2 and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1)
+            if message:
+                heard.append(json.loads(message["data"]))
+        pubsub.close()
+        logged = store.events(job.job_id)
+        assert heard == [{"seq": e.seq, **event_message(job.job_id, e)} for e in logged[1:]]
+        assert heard[0]["type"] == "progress" and heard[0]["progress"] == 40
+        assert heard[1]["type"] == "completed" and heard[1]["result_url"] == f"/api/v1/scores/{job.job_id}"
+        h = store.redis.hgetall(f"{tmp_path.name}:job:{job.job_id}")
+        assert h["status"] == "completed" and "lease_owner" not in h and json.loads(h["result"]) == {"n_notes": 3}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("appendfsync", ["always", "everysec"])
+def test_redis_server_kill9_keeps_every_acknowledged_change(tmp_path: Path, appendfsync: str) -> None:
+    """redis-server itself killed with -9 while a client submits, leases and completes, then
+    restarted from its append-only file: every submission and completion that was
+    acknowledged is there, whole (each job with its events and index entries)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", appendfsync=appendfsync).start()
+    acked: list[str] = []
+    completed: list[str] = []
+    try:
+        store = RedisJobStore(server.url(0))
+        stop = threading.Event()
+
+        def load() -> None:
+            i = 0
+            while not stop.is_set():
+                try:
+                    job, _ = store.submit(f"src{i}", f"key{i}", {"i": i}, "high" if i % 3 == 0 else "default")
+                    acked.append(job.job_id)
+                    leased = store.lease("w", 60) if i % 2 == 0 else None
+                    if leased is not None and store.complete(leased.job_id, "w", {"i": i}):
+                        completed.append(leased.job_id)
+                except Exception:
+                    return  # the server is gone
+                i += 1
+
+        writer = threading.Thread(target=load)
+        writer.start()
+        deadline = time.monotonic() + 20
+        while len(acked) < 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.kill9()  # mid-write, at whatever point
+        writer.join(10)
+        stop.set()
+        store.close()
+        assert len(acked) >= 200
+        server.start()  # replays the AOF
+        reopened = RedisJobStore(server.url(0))
+        try:
+            present = {j.job_id: j for j in reopened.list_jobs(limit=100_000)}
+            assert set(acked) <= set(present)
+            assert all(present[jid].status is JobStatus.COMPLETED for jid in completed)
+            stats = reopened.queue_stats()
+            assert sum(stats["queued"].values()) + stats["running"] + stats["completed"] == len(present)
+            for jid, job in present.items():  # whole: every job has its queued event first
+                events = reopened.events(jid)
+                assert events[0].type == "queued" and events[-1].seq == job.last_event_seq
+        finally:
+            reopened.close()
+    finally:
+        server.stop()

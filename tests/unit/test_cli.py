@@ -66,6 +66,9 @@ def test_invalid_source_and_config_errors(tmp_path):
     bad.write_text("separation:\n  modle: x\n")
     proc = run_cli("transcribe", "examples/chorale.mp3", "-o", str(tmp_path), "--config", str(bad))
     assert proc.returncode == 2 and "invalid configuration" in proc.stderr
+    # a ledger URL that names no store stops `serve` before any Ray starts
+    proc = run_cli("serve", "--ledger", "postgres://db/jobs")
+    assert proc.returncode == 2 and "sqlite:///PATH or redis://HOST:PORT/DB" in proc.stderr
 
 
 def test_expand_lists_playlist_entries_as_json_lines(rss_feed_info):

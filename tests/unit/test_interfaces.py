@@ -12,6 +12,7 @@ from rescored_ray.interfaces import NoteTranscriber, StemSeparator
 from rescored_ray.separation import Separator
 from rescored_ray.service.ledger import JobStore, SQLiteJobStore
 from rescored_ray.service.models import RemoteSeparator, RemoteTranscriber
+from rescored_ray.service.redis_store import RedisJobStore
 from rescored_ray.transcription import Transcriber
 
 
@@ -57,6 +58,7 @@ def _assigned_in_init(implementation: type, name: str) -> bool:
         (Transcriber, NoteTranscriber),
         (RemoteTranscriber, NoteTranscriber),
         (SQLiteJobStore, JobStore),
+        (RedisJobStore, JobStore),
     ],
 )
 def test_implementation_conforms_to_its_protocol(implementation, protocol):
