@@ -42,6 +42,8 @@ class BatchSummary:
     wall_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
+    torn_parts: int = 0
+    """Manifest parts a crashed run left unreadable (their entries simply ran again)."""
 
     @property
     def songs_per_hour(self) -> float:
@@ -52,6 +54,7 @@ class BatchSummary:
             f"batch {self.run_id}: {self.completed} completed, {self.failed} failed, {self.skipped} skipped"
             f" | {self.audio_s / 3600.0:.3f} h of audio in {self.wall_s:.1f} s wall"
             f" | {self.songs_per_hour:.0f} songs/hour | manifest {self.manifest}"
+            + (f" | {self.torn_parts} torn manifest part(s) ignored" if self.torn_parts else "")
         )
 
     def stage_table(self) -> str:
@@ -81,6 +84,7 @@ def run_batch(
 
     entries, input_failures = expand_inputs(inputs, config.pipeline.source, config.batch.max_playlist_entries)
     done = manifest.done(manifest.load()) if resume else {}
+    summary.torn_parts = len(manifest.unreadable)
     to_run = [entry for entry in entries if entry.id not in done]
     early_rows = [_skipped_row(done[entry.id], entry, run_id) for entry in entries if entry.id in done]
     early_rows += [_input_failure_row(failure, run_id) for failure in input_failures]
