@@ -80,3 +80,18 @@ def test_plain_lines_off_a_terminal_and_a_bar_from_them():
     bar.show(None)  # no line yet: the bar stays as it was
     assert bar.bar.n == 2
     bar.close()
+
+
+def test_a_live_bar_on_a_terminal():
+    from rich.console import Console
+
+    from rescored_ray.batch.progress import RichView
+
+    screen = io.StringIO()
+    tracker = Tracker(RichView(Console(file=screen, force_terminal=True, width=120)), every_s=0.05)
+    tracker.start(10, skipped=2)
+    for _ in range(5):
+        tracker.add("completed")
+    time.sleep(0.2)
+    tracker.close()
+    assert "7/10" in screen.getvalue() and "2 skipped" in screen.getvalue() and "ETA" in screen.getvalue()
