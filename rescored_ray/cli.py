@@ -211,6 +211,11 @@ def batch(
         try:
             # two live displays cannot share one terminal: with Ray Data's bars, ours are lines
             view = None if quiet else (LineView(sys.stderr) if operator_bars else view_for(sys.stderr))
+            if view is not None:  # a long feed takes yt-dlp a while to list: say what is going on
+                print(
+                    f"listing the entries of {len(sources)} input(s) (no audio is fetched to list them)",
+                    file=sys.stderr,
+                )
             progress = Tracker(view, every_s=progress_every)
             summary = run_batch(
                 sources, output, cfg, resume=resume, progress_bars=operator_bars and not quiet, progress=progress

@@ -130,8 +130,9 @@ def _expand_one(item: str, config: SourceConfig, max_entries: int) -> Iterable[B
 
 
 def _url_entries(url: str, item: str, config: SourceConfig, max_entries: int) -> Iterable[BatchEntry]:
-    listed = sources.expand_playlist(url, config, max_entries=max_entries)
-    if len(listed) >= max_entries > 1:
+    listed = sources.expand_playlist(url, config, max_entries=max_entries + 1)  # one more: is there more?
+    if len(listed) > max_entries:
+        listed = listed[:max_entries]
         log.warning(
             "%s: listing stopped at %d entries (batch.max_playlist_entries); later entries are not in this run",
             url,

@@ -93,7 +93,9 @@ def test_large_inputs_are_listed_without_fetching_an_entry(tmp_path, caplog):
 
     with MediaServer(tmp_path) as server:
         feed, _ = _big_feed(tmp_path, server, 1000)
-        entries, failures = expand_inputs([feed], max_playlist_entries=5000)
+        with caplog.at_level("WARNING", logger="rescored_ray.batch.inputs"):
+            entries, failures = expand_inputs([feed], max_playlist_entries=1000)  # exactly the cap: all there
+        assert "listing stopped" not in caplog.text
         assert not failures and len(entries) == 1000 and len({e.id for e in entries}) == 1000
         assert [r.path for r in server.requests] == ["/feed.xml"]
 
