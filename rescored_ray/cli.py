@@ -179,12 +179,25 @@ def batch(
     address: str | None = typer.Option(
         None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray started for this run)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No Ray Data progress bars."),
+    progress_every: float = typer.Option(
+        3.0,
+        "--progress-every",
+        min=0.5,
+        help="Seconds between progress updates: done/total, failures, songs/hour, ETA "
+        "(a live bar on a terminal, plain lines in logs such as `ray job logs`).",
+    ),
+    operator_bars: bool = typer.Option(
+        False,
+        "--operator-bars",
+        help="Also show Ray Data's per-operator progress bars (the run's figures then print as lines).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress at all, only the summary at the end."),
     *,
     options: JobOptions,
 ) -> None:
     """Transcribe whole playlists with Ray Data; writes per-entry scores and a Parquet manifest."""
     from rescored_ray.batch import run_batch
+    from rescored_ray.batch.progress import LineView, Tracker, view_for
     from rescored_ray.batch.runner import connect
 
     cfg = _settings(config)
@@ -196,7 +209,17 @@ def batch(
     try:
         started_here = connect(cfg, address)
         try:
-            summary = run_batch(sources, output, cfg, resume=resume, progress_bars=not quiet)
+            # two live displays cannot share one terminal: with Ray Data's bars, ours are lines
+            view = None if quiet else (LineView(sys.stderr) if operator_bars else view_for(sys.stderr))
+            if view is not None:  # a long feed takes yt-dlp a while to list: say what is going on
+                print(
+                    f"listing the entries of {len(sources)} input(s) (no audio is fetched to list them)",
+                    file=sys.stderr,
+                )
+            progress = Tracker(view, every_s=progress_every)
+            summary = run_batch(
+                sources, output, cfg, resume=resume, progress_bars=operator_bars and not quiet, progress=progress
+            )
         finally:
             if started_here:
                 import ray

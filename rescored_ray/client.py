@@ -43,6 +43,8 @@ from rescored_ray.score import Score
 if TYPE_CHECKING:
     import pandas as pd
 
+    from rescored_ray.batch.progress import Figures as BatchFigures
+
 __all__ = [
     "AsyncClient",
     "AsyncJob",
@@ -444,17 +446,37 @@ class BatchRun:
     def logs(self) -> str:
         return str(self.jobs.get_job_logs(self.id))
 
-    def wait(self, timeout: float | None = None, poll_s: float = 1.0) -> str:
-        """Block until the Ray job ends; raises :class:`BatchFailed` (with its log tail) unless it succeeded."""
+    def wait(self, timeout: float | None = None, poll_s: float = 1.0, progress: bool = True) -> str:
+        """Block until the Ray job ends; raises :class:`BatchFailed` (with its log tail) unless it succeeded.
+
+        ``progress``: a tqdm bar of entries done / total with failures, songs per hour and the
+        ETA, from the progress lines the run prints into its job logs (read every few seconds).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.jobs.get_job_status(self.id).is_terminal():
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"batch {self.id} still running after {timeout:g} s")
-            time.sleep(poll_s)
+        bar = _BatchBar(self.id) if progress else None
+        try:
+            while not self.jobs.get_job_status(self.id).is_terminal():
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"batch {self.id} still running after {timeout:g} s")
+                if bar is not None and bar.due():
+                    bar.show(self.progress())
+                time.sleep(poll_s)
+            if bar is not None:
+                bar.show(self.progress())
+        finally:
+            if bar is not None:
+                bar.close()
         status = self.status()
         if status != "SUCCEEDED":
             raise BatchFailed(f"batch {self.id} ended {status}:\n{self.logs()[-2000:]}")
         return status
+
+    def progress(self) -> BatchFigures | None:
+        """Where the run stands now (entries done / total, failures, songs per hour, ETA), from
+        the last progress line in its logs; None before the first."""
+        from rescored_ray.batch.progress import Figures
+
+        return Figures.last_in(self.logs())
 
     def summary(self) -> str | None:
         """The run's summary line (completed/failed/skipped, audio hours, songs/hour)."""
@@ -475,6 +497,39 @@ class BatchRun:
 
     def __repr__(self) -> str:
         return f"BatchRun({self.id!r}, output={self.output!r})"
+
+
+class _BatchBar:
+    """A batch run's figures as a tqdm bar (a widget in Jupyter, text in a terminal)."""
+
+    EVERY_S = 3.0
+
+    def __init__(self, run_id: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=None, desc=f"batch {run_id[:24]}", unit="song")
+        self.last = 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.EVERY_S
+
+    def show(self, figures: BatchFigures | None) -> None:
+        self.last = time.monotonic()
+        if figures is None:
+            return
+        from rescored_ray.batch.progress import clock
+
+        self.bar.total = figures.total
+        self.bar.update(figures.done - self.bar.n)
+        eta = figures.eta_s
+        self.bar.set_postfix_str(
+            f"{figures.failed} failed, {figures.skipped} skipped, {figures.songs_per_hour:.0f} songs/h,"
+            f" ETA {'-' if eta is None else clock(eta)}",
+            refresh=True,
+        )
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def submit_batch(
@@ -499,7 +554,7 @@ def submit_batch(
     address = ray_address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265"
     if "://" not in address:  # "127.0.0.1:8265" as Ray prints it: without a scheme Ray reads a GCS address
         address = f"http://{address}"
-    args = ["python", "-m", "rescored_ray.batch", *sources, "--output", output, "--quiet"]
+    args = ["python", "-m", "rescored_ray.batch", *sources, "--output", output]
     if config:
         args += ["--config", str(config)]
     jobs = JobSubmissionClient(address, headers=ray_auth_headers())

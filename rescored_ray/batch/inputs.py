@@ -130,7 +130,15 @@ def _expand_one(item: str, config: SourceConfig, max_entries: int) -> Iterable[B
 
 
 def _url_entries(url: str, item: str, config: SourceConfig, max_entries: int) -> Iterable[BatchEntry]:
-    for entry in sources.expand_playlist(url, config, max_entries=max_entries):
+    listed = sources.expand_playlist(url, config, max_entries=max_entries + 1)  # one more: is there more?
+    if len(listed) > max_entries:
+        listed = listed[:max_entries]
+        log.warning(
+            "%s: listing stopped at %d entries (batch.max_playlist_entries); later entries are not in this run",
+            url,
+            max_entries,
+        )
+    for entry in listed:
         yield BatchEntry(safe_id(entry.id, entry.url), entry.url, entry.title, entry.duration_s, entry.index, item)
 
 

@@ -96,17 +96,21 @@ class Manifest:
         self.store = store
         self.run_id = run_id
         self._parts = 0
+        self.unreadable: list[str] = []
+        """Files :meth:`load` could not read: parts a crash cut short (tolerated, counted)."""
 
     # -- reading --------------------------------------------------------------------------
     def load(self) -> dict[str, dict]:
         """Latest row of every entry, from the manifest and any parts a crashed run left."""
         latest: dict[str, dict] = {}
+        self.unreadable = []
         keys = ([MANIFEST] if self.store.exists(MANIFEST) else []) + self.store.list_files(PARTS)
         for key in keys:
             try:
                 table = pq.read_table(io.BytesIO(self.store.read_bytes(key)))
             except Exception as exc:  # a part cut short by a crash: its entries simply run again
                 log.warning("ignoring unreadable manifest file %s: %s", key, exc)
+                self.unreadable.append(key)
                 continue
             for row in table.to_pylist():
                 previous = latest.get(row["id"])

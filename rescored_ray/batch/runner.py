@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from rescored_ray import metrics
 from rescored_ray.batch.inputs import BatchEntry, InputFailure, expand_inputs, safe_id
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST, SKIPPED, STAGE_SECONDS, Manifest
+from rescored_ray.batch.progress import Tracker
 from rescored_ray.errors import PipelineError
 from rescored_ray.settings import Settings
 from rescored_ray.storage import ResultStore
@@ -42,6 +43,8 @@ class BatchSummary:
     wall_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
+    torn_parts: int = 0
+    """Manifest parts a crashed run left unreadable (their entries simply ran again)."""
 
     @property
     def songs_per_hour(self) -> float:
@@ -52,6 +55,7 @@ class BatchSummary:
             f"batch {self.run_id}: {self.completed} completed, {self.failed} failed, {self.skipped} skipped"
             f" | {self.audio_s / 3600.0:.3f} h of audio in {self.wall_s:.1f} s wall"
             f" | {self.songs_per_hour:.0f} songs/hour | manifest {self.manifest}"
+            + (f" | {self.torn_parts} torn manifest part(s) ignored" if self.torn_parts else "")
         )
 
     def stage_table(self) -> str:
@@ -70,8 +74,29 @@ def run_batch(
     resume: bool = True,
     progress_bars: bool = True,
     run_id: str | None = None,
+    progress: Tracker | None = None,
 ) -> BatchSummary:
-    """Transcribe every entry of ``inputs`` into ``output`` (a path or pyarrow.fs URI)."""
+    """Transcribe every entry of ``inputs`` into ``output`` (a path or pyarrow.fs URI).
+
+    ``progress_bars``: Ray Data's operator bars; ``progress``: the run's own figures
+    (done/total, failures, songs per hour, ETA), shown by its view while the run goes on.
+    """
+    progress = progress or Tracker()
+    try:
+        return _run(inputs, output, config, resume, progress_bars, run_id, progress)
+    finally:
+        progress.close()
+
+
+def _run(
+    inputs: list[str],
+    output: str,
+    config: Settings | None,
+    resume: bool,
+    progress_bars: bool,
+    run_id: str | None,
+    progress: Tracker,
+) -> BatchSummary:
     config = config or Settings()
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     started = time.perf_counter()
@@ -81,6 +106,7 @@ def run_batch(
 
     entries, input_failures = expand_inputs(inputs, config.pipeline.source, config.batch.max_playlist_entries)
     done = manifest.done(manifest.load()) if resume else {}
+    summary.torn_parts = len(manifest.unreadable)
     to_run = [entry for entry in entries if entry.id not in done]
     early_rows = [_skipped_row(done[entry.id], entry, run_id) for entry in entries if entry.id in done]
     early_rows += [_input_failure_row(failure, run_id) for failure in input_failures]
@@ -90,6 +116,7 @@ def run_batch(
     manifest.append(early_rows)
     for row in early_rows:
         _record_entry(row)
+    progress.start(len(entries) + len(input_failures), skipped=summary.skipped, failed=summary.failed)
     log.info(
         "batch %s: %d entries, %d already done, %d inputs unreadable",
         run_id,
@@ -99,7 +126,7 @@ def run_batch(
     )
 
     if to_run:
-        _stream(to_run, config, store, manifest, summary, progress_bars)
+        _stream(to_run, config, store, manifest, summary, progress_bars, progress)
     manifest.consolidate()
     summary.wall_s = time.perf_counter() - started
     return summary
@@ -112,6 +139,7 @@ def _stream(
     manifest: Manifest,
     summary: BatchSummary,
     progress_bars: bool,
+    progress: Tracker,
 ) -> None:
     dataset = build_dataset(entries, config, store.url(), manifest.run_id, progress_bars=progress_bars)
     buffer: list[dict] = []
@@ -122,6 +150,7 @@ def _stream(
             buffer.append(row)
             _count(summary, row)
             _record_entry(row)
+            progress.add(row["status"])
             flush = config.batch
             if len(buffer) >= flush.manifest_flush_rows or time.monotonic() - last_flush >= flush.manifest_flush_s:
                 manifest.append(buffer)

@@ -72,6 +72,50 @@ def test_url_files_folders_and_duplicates(tmp_path, chorale_encoded, http_server
     assert [e.input for e in entries] == [str(text), str(table), str(parquet), str(folder)]
 
 
+def _big_feed(folder: Path, server, n: int) -> tuple[str, Path]:
+    """A feed and a URL list of ``n`` entries whose audio does not exist: listing must not fetch it."""
+    from tests.media import FeedItem, write_rss_feed
+
+    urls = [server.url(f"clips/clip-{i:05d}.flac") for i in range(n)]
+    items = [FeedItem(f"Clip {i}", url, "audio/flac", 1000, 3.0, f"clip-{i:05d}") for i, url in enumerate(urls)]
+    write_rss_feed(folder / "feed.xml", items)
+    (folder / "urls.txt").write_text("\n".join(urls) + "\n")
+    return server.url("feed.xml"), folder / "urls.txt"
+
+
+def test_large_inputs_are_listed_without_fetching_an_entry(tmp_path, caplog):
+    """Issue 17: a long feed is one request and small records; a 10,000-line URL file is none.
+    (The 10,000-entry feed is measured by ``bench/batch_scale.py --list-only``: yt-dlp takes
+    seconds per thousand items.)"""
+    import tracemalloc
+
+    from tests.media import MediaServer
+
+    with MediaServer(tmp_path) as server:
+        feed, _ = _big_feed(tmp_path, server, 1000)
+        with caplog.at_level("WARNING", logger="rescored_ray.batch.inputs"):
+            entries, failures = expand_inputs([feed], max_playlist_entries=1000)  # exactly the cap: all there
+        assert "listing stopped" not in caplog.text
+        assert not failures and len(entries) == 1000 and len({e.id for e in entries}) == 1000
+        assert [r.path for r in server.requests] == ["/feed.xml"]
+
+        with caplog.at_level("WARNING", logger="rescored_ray.batch.inputs"):
+            capped, _ = expand_inputs([feed], max_playlist_entries=400)
+        assert len(capped) == 400 and "listing stopped at 400 entries" in caplog.text
+
+        server.requests.clear()
+        _, url_list = _big_feed(tmp_path, server, 10_000)
+        tracemalloc.start()
+        try:
+            entries, failures = expand_inputs([str(url_list)], max_playlist_entries=5000)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert not failures and len(entries) == 10_000  # a URL file is not a playlist: no cap
+        assert server.requests == []
+        assert peak < 16 * 2**20, f"listing 10,000 URLs peaked at {peak / 2**20:.1f} MiB"
+
+
 def test_unreadable_inputs_are_reported_not_fatal(tmp_path, http_server):
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("link\nhttp://example.invalid/a.mp3\n")

@@ -203,6 +203,8 @@ def test_batch_through_the_ray_jobs_api(ray_head, client, rss_feed_info, tmp_pat
     assert run.wait(timeout=300) == "SUCCEEDED"
     good = len(rss_feed_info.good_items)
     assert f"{good} completed, 1 failed, 0 skipped" in run.summary()
+    figures = run.progress()  # the run's progress lines, read back from its job logs (issue 17)
+    assert figures is not None and figures.done == figures.total == good + 1 and figures.failed == 1
     manifest = run.manifest()
     assert sorted(manifest["status"]) == sorted(["completed"] * good + ["failed"])
     assert np.all(manifest.loc[manifest["status"] == "completed", "n_notes"] > 0)
