@@ -87,12 +87,12 @@ def make_pipeline(config_path: str | None):
 
 def transcribe_cached(pipeline, piece: devset.DevPiece, stems: dict, cache: Path) -> dict:
     """Basic Pitch notes of the mix, cached by WAV hash + transcription config (+ the
-    transcription module's source, so a change there is never hidden by the cache)."""
-    from rescored_ray import transcription
+    transcription and refinement modules' source, so a change there is never hidden by the cache)."""
+    from rescored_ray import refine, transcription
     from rescored_ray.types import Note
 
     cfg = pipeline.config.transcription.model_dump(exclude={"device"})
-    code = Path(transcription.__file__).read_bytes()
+    code = Path(transcription.__file__).read_bytes() + Path(refine.__file__).read_bytes()
     key = _sha(piece.wav.read_bytes() + json.dumps(cfg, sort_keys=True).encode() + code)[:24]
     path = cache / "notes" / f"{piece.spec.name}-{key}.json"
     if path.is_file():
