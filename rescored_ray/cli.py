@@ -194,7 +194,7 @@ def batch(
         _fail(f"error (config, permanent): invalid configuration: {' '.join(str(exc).split())}")
         raise typer.Exit(2) from None
     try:
-        started_here = connect(cfg, address)
+        started_here = connect(address)
         try:
             summary = run_batch(sources, output, cfg, resume=resume, progress_bars=not quiet)
         finally:
