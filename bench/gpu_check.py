@@ -6,7 +6,7 @@
    fp16 on CUDA); real-time factor, speed-up, relative error against stock fp32, and the
    per-stem SNR of fp16 against our fp32 (the CPU bound, > 35 dB, applied to the GPU path).
 2. Basic Pitch's ONNX model through the project's session options (``transcription.session_options``):
-   seconds of audio per second with the CUDA provider at 16 windows per call and at the
+   seconds of audio per second with the CUDA provider at the CPU default of windows per call and at the
    GPU default (256, padded to one shape), and with the CPU provider; a provider this
    onnxruntime lacks is reported as not available.
 3. Packing: N processes, each holding its own full-size Demucs on the one GPU (the default
@@ -45,19 +45,6 @@ def synthetic_song(seconds: float, seed: int = 0) -> np.ndarray:
     return np.stack([mix, np.roll(mix, 100)]).astype(np.float32)
 
 
-def timed(call, repeat: int = 2):
-    call()  # warm-up: cuDNN autotuning, allocator growth
-    runs = []
-    out = None
-    for _ in range(repeat):
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        out = call()
-        torch.cuda.synchronize()
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs), out
-
-
 def demucs_section(seconds: float = 120.0) -> None:
     from separate_speed import compare  # bench/ is on sys.path: this script's own folder
 
@@ -69,7 +56,7 @@ def demucs_section(seconds: float = 120.0) -> None:
     model = random_htdemucs().to(device)
     audio = Audio(synthetic_song(seconds))
     variants = [("fp32", 1), ("fp32", 16), ("auto", 1), *[("fp16", chunks) for chunks in (1, 4, 8, 16)]]
-    rows = compare(model, audio, device, variants, timed)
+    rows = compare(model, audio, device, variants, repeat=2)
     stock_s = rows[0][1]
     row("Demucs stock apply_model fp32", f"{seconds / stock_s:.1f}x real time", f"{stock_s:.2f} s for {seconds:.0f} s")
     for name, ours_s, error in rows[1:]:

@@ -92,7 +92,7 @@ class TranscriptionConfig(Section):
         ge=1,
         le=1024,
         description="2 s windows per model call (all stems of a song share calls); "
-        "null = 16 on CPU, 256 on CUDA (padded to a fixed shape there).",
+        "null = 8 on CPU, 256 on CUDA (padded to a fixed shape there).",
     )
 
     @field_validator("stems", mode="before")

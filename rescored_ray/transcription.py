@@ -43,9 +43,9 @@ ANNOTATIONS_FPS = MODEL_SAMPLE_RATE // FFT_HOP
 OUTPUT_NAMES = ("StatefulPartitionedCall:1", "StatefulPartitionedCall:2", "StatefulPartitionedCall:0")
 INPUT_NAME = "serving_default_input_2:0"
 OUTPUT_KEYS = ("note", "onset", "contour")
-BATCH_WINDOWS = {"cpu": 16, "cuda": 256}
-"""Windows per call when the config says nothing: on CPUs bigger calls gain nothing
-(``bench/onnx_sessions.py``), a GPU wants enough windows to fill it."""
+BATCH_WINDOWS = {"cpu": 8, "cuda": 256}
+"""Windows per call when the config says nothing: on CPUs 4-8 measured fastest, 16 and more
+no faster (``bench/onnx_sessions.py``); a GPU wants enough windows to fill it."""
 
 
 @contextlib.contextmanager

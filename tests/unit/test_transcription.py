@@ -108,7 +108,7 @@ def test_session_options_follow_the_config():
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert transcriber.batch_windows == 8 and transcriber.pad_batches is False
     default = Transcriber(TranscriptionConfig())
-    assert default.batch_windows == 16 and default.session.get_session_options().execution_mode.name == "ORT_SEQUENTIAL"
+    assert default.batch_windows == 8 and default.session.get_session_options().execution_mode.name == "ORT_SEQUENTIAL"
 
 
 def test_threads_come_from_the_cpus_ray_grants(ray_cluster):
