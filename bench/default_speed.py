@@ -91,7 +91,9 @@ def service_path(urls: list[str], model: str, data_dir: Path) -> dict:
     try:
         with Client(base) as client:
             # one warm-up job per worker slot, all at once so each slot takes one (tempos: not duplicates)
-            warm_ups = [client.submit(urls[0], tempo_override=100 + slot) for slot in range(config.worker_slots)]
+            warm_ups = [
+                client.submit(urls[0], tempo_override=100 + slot) for slot in range(config.service.worker_slots)
+            ]
             for job in warm_ups:
                 job.wait(timeout=900, progress=False)
             for url in urls:
