@@ -44,10 +44,21 @@ CHORALES = [
     "bach/bwv256",
     "bach/bwv257",
     "bach/bwv258",
+    "bach/bwv1.6",
+    "bach/bwv10.7",
+    "bach/bwv101.7",
+    "bach/bwv102.7",
+    "bach/bwv103.6",
+    "bach/bwv104.6",
+    "bach/bwv108.6",
+    "bach/bwv11.6",
 ]
 
 
 def render_feed(folder: Path, server: MediaServer, pieces: int, seconds: float) -> tuple[str, float]:
+    if pieces > len(CHORALES):
+        raise SystemExit(f"at most {len(CHORALES)} pieces")
+
     def one(corpus: str):
         piece = render_chorale(folder, corpus, tempo_bpm=90, max_seconds=seconds)
         return piece, encode(piece.path, "mp3")
@@ -77,14 +88,13 @@ def main() -> None:
     parser.add_argument("--separation", default="random:htdemucs")
     parser.add_argument("--config", default=str(REPO / "configs" / "batch.yaml"))
     parser.add_argument(
-        "--cpus", type=int, default=None, help="logical CPUs for the local Ray (default: what the config needs)"
+        "--cpus", type=int, default=None, help="logical CPUs for the local Ray (default: this machine's cores)"
     )
     args = parser.parse_args()
 
     import ray
 
     from rescored_ray.batch import run_batch
-    from rescored_ray.batch.runner import required_cpus
     from rescored_ray.settings import load_settings
 
     config = load_settings(args.config, overrides={"pipeline": {"separation": {"model": args.separation}}})
@@ -94,7 +104,7 @@ def main() -> None:
         started = time.perf_counter()
         feed, audio_s = render_feed(media, server, args.pieces, args.seconds)
         print(f"rendered {args.pieces} pieces, {audio_s:.1f} s of audio, in {time.perf_counter() - started:.1f} s")
-        cpus = args.cpus or max(os.cpu_count() or 1, int(required_cpus(config) + 0.999))
+        cpus = args.cpus or os.cpu_count() or 1
         started = time.perf_counter()
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         print(f"ray.init: {time.perf_counter() - started:.1f} s ({cpus} logical CPUs on {os.cpu_count()} cores)")

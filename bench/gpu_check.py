@@ -1,13 +1,17 @@
 """The GPU check (run through bench/gpu_check.sh on a lent GPU machine); prints one table.
 
 1. Demucs: full-size HTDemucs (RANDOM weights: the real model's compute) on 120 s of audio:
-   stock ``apply_model`` fp32 against our Separator in fp32 / fp16, one chunk per forward
-   pass and batched chunks; real-time factor, speed-up, relative error against stock fp32.
-2. Basic Pitch's ONNX model: windows per second with the CUDA and the CPU execution
-   provider (whichever this onnxruntime has), as seconds of audio per second.
-3. Packing: N processes, each holding its own full-size Demucs on the one GPU (fp16,
-   batched chunks), separating songs of 60 s: songs/hour in total and the GPU's busy share
-   (NVML). This is what N Ray actors at 1/N GPU do on the card.
+   stock ``apply_model`` fp32 against our Separator in fp32 and fp16 with 1, 4, 8 and 16
+   chunks per forward pass, and the default (``precision: auto``, which must resolve to
+   fp16 on CUDA); real-time factor, speed-up, relative error against stock fp32, and the
+   per-stem SNR of fp16 against our fp32 (the CPU bound, > 35 dB, applied to the GPU path).
+2. Basic Pitch's ONNX model through the project's session options (``transcription.session_options``):
+   seconds of audio per second with the CUDA provider at the CPU default of windows per call and at the
+   GPU default (256, padded to one shape), and with the CPU provider; a provider this
+   onnxruntime lacks is reported as not available.
+3. Packing: N processes, each holding its own full-size Demucs on the one GPU (the default
+   precision, batched chunks), separating songs of 60 s: songs/hour in total and the GPU's
+   busy share (NVML). This is what N Ray actors at 1/N GPU do on the card.
 Sized to finish in a few minutes on an H200; every figure says what it measured.
 """
 
@@ -41,28 +45,18 @@ def synthetic_song(seconds: float, seed: int = 0) -> np.ndarray:
     return np.stack([mix, np.roll(mix, 100)]).astype(np.float32)
 
 
-def timed(call, repeat: int = 2):
-    call()  # warm-up: cuDNN autotuning, allocator growth
-    runs = []
-    out = None
-    for _ in range(repeat):
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        out = call()
-        torch.cuda.synchronize()
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs), out
-
-
 def demucs_section(seconds: float = 120.0) -> None:
     from separate_speed import compare  # bench/ is on sys.path: this script's own folder
 
-    from rescored_ray.separation import random_htdemucs
+    from rescored_ray.config import SeparationConfig
+    from rescored_ray.separation import Separator, random_htdemucs
     from rescored_ray.types import Audio
 
     device = torch.device("cuda")
-    variants = [("fp32", 1), ("fp16", 1), ("fp16", 8), ("fp16", 16), ("fp32", 16)]
-    rows = compare(random_htdemucs().to(device), Audio(synthetic_song(seconds)), device, variants, timed)
+    model = random_htdemucs().to(device)
+    audio = Audio(synthetic_song(seconds))
+    variants = [("fp32", 1), ("fp32", 16), ("auto", 1), *[("fp16", chunks) for chunks in (1, 4, 8, 16)]]
+    rows = compare(model, audio, device, variants, repeat=2)
     stock_s = rows[0][1]
     row("Demucs stock apply_model fp32", f"{seconds / stock_s:.1f}x real time", f"{stock_s:.2f} s for {seconds:.0f} s")
     for name, ours_s, error in rows[1:]:
@@ -71,31 +65,66 @@ def demucs_section(seconds: float = 120.0) -> None:
             f"{seconds / ours_s:.1f}x real time",
             f"{stock_s / ours_s:.2f}x stock, rel. error {error:.1e}",
         )
+    separators = {
+        precision: Separator(SeparationConfig(model="random:htdemucs", device="cuda", precision=precision), model=model)
+        for precision in ("fp32", "auto")
+    }
+    row("Demucs precision auto on CUDA resolves to", separators["auto"].precision)
+    stems = {precision: separator.separate(audio) for precision, separator in separators.items()}
+    snrs = {
+        name: 10
+        * np.log10(
+            np.sum(ref.samples.astype(np.float64) ** 2)
+            / max(np.sum((stems["auto"][name].samples - ref.samples).astype(np.float64) ** 2), 1e-30)
+        )
+        for name, ref in stems["fp32"].items()
+    }
+    row(
+        "Demucs auto vs fp32, min SNR per stem",
+        f"{min(snrs.values()):.1f} dB",
+        ", ".join(f"{name} {snr:.1f}" for name, snr in snrs.items()),
+    )
     torch.cuda.empty_cache()
 
 
-def basic_pitch_section(model_path: Path, windows: int = 512) -> None:
+def basic_pitch_section(model_path: Path, windows: int = 1024) -> None:
     import onnxruntime as ort
 
-    from rescored_ray.transcription import AUDIO_N_SAMPLES, HOP_SIZE, INPUT_NAME, MODEL_SAMPLE_RATE, OUTPUT_NAMES
+    from rescored_ray.config import TranscriptionConfig
+    from rescored_ray.transcription import (
+        AUDIO_N_SAMPLES,
+        BATCH_WINDOWS,
+        HOP_SIZE,
+        INPUT_NAME,
+        MODEL_SAMPLE_RATE,
+        OUTPUT_NAMES,
+        _providers,
+        session_options,
+    )
 
     available = ort.get_available_providers()
-    batch = np.random.default_rng(0).standard_normal((16, AUDIO_N_SAMPLES, 1)).astype(np.float32) * 0.1
     audio_per_window = HOP_SIZE / MODEL_SAMPLE_RATE
-    for provider in ("CUDAExecutionProvider", "CPUExecutionProvider"):
-        if provider not in available:
-            row(f"Basic Pitch ONNX {provider[:-17]}", "not available", f"onnxruntime {ort.__version__}: {available}")
+    cases = [("cuda", BATCH_WINDOWS["cpu"]), ("cuda", BATCH_WINDOWS["cuda"]), ("cpu", BATCH_WINDOWS["cpu"])]
+    for device, per_call in cases:
+        name = f"Basic Pitch ONNX {device}, {per_call} windows/call"
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            row(name, "not available", f"onnxruntime {ort.__version__}: {available}")
             continue
-        session = ort.InferenceSession(str(model_path), providers=[provider])
-        session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        config = TranscriptionConfig(device=device)
+        session = ort.InferenceSession(
+            str(model_path), sess_options=session_options(config, os.cpu_count() or 1), providers=_providers(device)
+        )
+        batch = np.random.default_rng(0).standard_normal((per_call, AUDIO_N_SAMPLES, 1)).astype(np.float32) * 0.1
+        session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})  # warm-up: the cuDNN search runs here
+        calls = max(1, windows // per_call)
         started = time.perf_counter()
-        for _ in range(windows // len(batch)):
+        for _ in range(calls):
             session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
         elapsed = time.perf_counter() - started
         row(
-            f"Basic Pitch ONNX {provider[:-17]}, 16 windows/call",
-            f"{windows * audio_per_window / elapsed:.0f}x real time",
-            f"{windows / elapsed:.0f} windows/s",
+            name,
+            f"{calls * per_call * audio_per_window / elapsed:.0f}x real time",
+            f"{calls * per_call / elapsed:.0f} windows/s, {session.get_providers()[0]}",
         )
 
 
@@ -105,8 +134,7 @@ def _packer(index: int, songs: int, seconds: float, ready, start, done) -> None:
     from rescored_ray.types import Audio
 
     separator = Separator(
-        SeparationConfig(model="random:htdemucs", device="cuda", precision="fp16", batch_chunks=8),
-        model=random_htdemucs(),
+        SeparationConfig(model="random:htdemucs", device="cuda", batch_chunks=8), model=random_htdemucs()
     )
     audio = Audio(synthetic_song(seconds, seed=index))
     separator.separate(Audio(audio.samples[:, : 44100 * 10]))  # warm-up

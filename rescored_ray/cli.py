@@ -207,7 +207,7 @@ def batch(
         _fail(f"error (config, permanent): invalid configuration: {' '.join(str(exc).split())}")
         raise typer.Exit(2) from None
     try:
-        started_here = connect(cfg, address)
+        started_here = connect(address)
         try:
             # two live displays cannot share one terminal: with Ray Data's bars, ours are lines
             view = None if quiet else (LineView(sys.stderr) if operator_bars else view_for(sys.stderr))

@@ -37,10 +37,18 @@ class SeparationConfig(Section):
     )
     repo: str | None = Field(None, description="Local Demucs model repo folder (offline installs).")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto = fp16 on CUDA, fp32 on CPU.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto = fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere."
+    )
     segment: float | None = Field(None, gt=0, description="Chunk length in seconds (model default if unset).")
     overlap: float = Field(0.25, ge=0, lt=1)
     shifts: int = Field(0, ge=0, description="Random time shifts averaged (0 = deterministic).")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads; null = the CPUs Ray grants this replica/actor (rounded up), "
+        "else every CPU this process may use.",
+    )
     batch_chunks: int = Field(
         1,
         ge=1,
@@ -204,6 +212,28 @@ class TranscriptionConfig(Section):
     melodia_trick: bool | None = Field(None, description="null: each stem's own.")
     per_stem: dict[str, StemOverride] = Field(default_factory=dict, description="Changes for single stems, by name.")
     device: str = Field("auto", description="auto | cpu | cuda (onnxruntime execution provider)")
+    # onnxruntime session settings; the defaults were chosen by measurement (bench/onnx_sessions.py)
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="Intra-op threads; null = the CPUs Ray grants this replica/actor (rounded up), "
+        "else every CPU this process may use.",
+    )
+    inter_op_threads: int = Field(
+        1, ge=1, description="1 = the graph's nodes one after another; more = independent branches at once."
+    )
+    spinning: bool = Field(
+        False, description="Idle pool threads spin for work: a little faster alone, CPU stolen from neighbours."
+    )
+    graph_optimization: Literal["basic", "extended", "all"] = "all"
+    memory_arena: bool = Field(True, description="onnxruntime's CPU memory arena (buffers reused across calls).")
+    batch_windows: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="2 s windows per model call (all stems of a song share calls); "
+        "null = 8 on CPU, 256 on CUDA (padded to a fixed shape there).",
+    )
 
     @field_validator("stems", mode="before")
     @classmethod

@@ -59,6 +59,8 @@ class PipelineResult:
     tempo_bpm: float
     time_signature: str
     separation_model: str
+    separation_precision: str | None
+    """The precision Demucs ran in (``fp32``/``fp16``/``bf16``: what ``auto`` resolved to); None without separation."""
     stems: list[str]
     timings: dict[str, float]
     time_offset_s: float = 0.0
@@ -348,6 +350,7 @@ class Pipeline:
             tempo_bpm=round(float(notated.tempo_bpm), 2),
             time_signature=notated.time_signature,
             separation_model=cfg.separation.model,
+            separation_precision=timeline.reported("separation", "precision"),
             stems=sorted(stems),
             timings=timings,
             time_offset_s=round(notated.time_offset_s, 4),

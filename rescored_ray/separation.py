@@ -2,8 +2,10 @@
 
 A :class:`Separator` loads its model once (by name from the Hugging Face cache or
 a local repo folder, ``demucs_unittest`` for tests, ``random:htdemucs`` for
-benchmarks) and then separates in-memory audio into named stems. On CUDA it runs
-in fp16 and falls back to the CPU for a song that runs out of GPU memory.
+benchmarks) and then separates in-memory audio into named stems, in the precision
+:mod:`rescored_ray.precision` resolves for the device (``auto``: fp16 on CUDA, bf16 on
+CPUs with native bf16, fp32 elsewhere). A song that runs out of GPU memory falls back
+to the CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import torch
 from rescored_ray.config import SeparationConfig
 from rescored_ray.errors import ModelLoadError, NonRetryableError, RetryableError
 from rescored_ray.interfaces import Checkpoint, FractionCallback
+from rescored_ray.precision import DTYPES, resolve_precision
+from rescored_ray.resources import model_threads
 from rescored_ray.types import Audio
 
 log = logging.getLogger(__name__)
@@ -119,9 +123,21 @@ class Separator:
         self.load_seconds = time.perf_counter() - started
         self.device = resolve_device(self.config.device)
         self.model.to(self.device)
+        self.threads = model_threads(self.config.threads)
+        if torch.get_num_threads() != self.threads:  # process-wide: one Separator per replica/actor process
+            torch.set_num_threads(self.threads)
+        self.precision = self.precision_for(self.device)
         self.cpu_fallbacks = 0
         self.last_device = str(self.device)
-        log.info("loaded Demucs %s on %s in %.1f s", self.config.model, self.device, self.load_seconds)
+        self.last_precision = self.precision
+        log.info(
+            "loaded Demucs %s on %s (%s, %d threads) in %.1f s",
+            self.config.model,
+            self.device,
+            self.precision,
+            self.threads,
+            self.load_seconds,
+        )
 
     @property
     def name(self) -> str:
@@ -139,12 +155,9 @@ class Separator:
     def sample_rate(self) -> int:
         return int(self.model.samplerate)
 
-    def precision_for(self, device: torch.device) -> torch.dtype | None:
-        """The autocast dtype, or None for plain fp32."""
-        precision = self.config.precision
-        if precision == "auto":
-            return torch.float16 if device.type == "cuda" else None
-        return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    def precision_for(self, device: torch.device) -> str:
+        """``fp32``/``fp16``/``bf16`` on ``device`` (a CUDA fallback song runs in the CPU's)."""
+        return resolve_precision(self.config.precision, device.type)
 
     def separate(
         self,
@@ -180,14 +193,14 @@ class Separator:
 
     @property
     def ran_on(self) -> list[dict[str, Any]]:
-        """Where the last song was separated (``cpu (fallback)`` after a CUDA OOM); see
-        :func:`rescored_ray.timeline.ran_on`."""
-        return [{"device": self.last_device, "model": self.name}]
+        """Where and in which precision the last song was separated (``cpu (fallback)``
+        after a CUDA OOM); see :func:`rescored_ray.timeline.ran_on`."""
+        return [{"device": self.last_device, "model": self.name, "precision": self.last_precision}]
 
     def _apply_with_fallback(
         self, mix: torch.Tensor, progress: FractionCallback | None, checkpoint: Checkpoint | None
     ) -> torch.Tensor:
-        self.last_device = str(self.device)
+        self.last_device, self.last_precision = str(self.device), self.precision
         try:
             return self._apply(mix, self.device, progress, checkpoint)
         except torch.cuda.OutOfMemoryError as exc:
@@ -201,6 +214,7 @@ class Separator:
             )
             torch.cuda.empty_cache()
             self.last_device = "cpu (fallback)"
+            self.last_precision = self.precision_for(torch.device("cpu"))
             return self._apply(mix, torch.device("cpu"), progress, checkpoint)
         except RuntimeError as exc:
             if "out of memory" in str(exc).lower():
@@ -226,7 +240,7 @@ class Separator:
                 fraction = info.get("model_idx_in_bag", 0) + (info.get("shift_idx", 0) + done) / passes
                 progress(min(1.0, fraction / max(1, info.get("models", 1))))
 
-        dtype = self.precision_for(device)
+        dtype = DTYPES[self.precision_for(device)]
         autocast = (
             torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         )

@@ -47,8 +47,14 @@ StageListener = Callable[[StageSpan], None]
 class Timeline:
     """The spans of one run, in the order the stages started."""
 
-    def __init__(self, listeners: list[StageListener] | tuple[StageListener, ...] = ()):
-        self.spans: list[StageSpan] = []
+    def __init__(
+        self,
+        listeners: list[StageListener] | tuple[StageListener, ...] = (),
+        spans: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+    ):
+        """``spans``: earlier stages of the same run (``to_list()`` of another process's
+        timeline), so a batch entry's stages, run by different workers, form one timeline."""
+        self.spans: list[StageSpan] = [StageSpan(**span) for span in spans]
         self.listeners = list(listeners)
 
     @contextmanager
@@ -83,6 +89,14 @@ class Timeline:
 
     def to_list(self) -> list[dict[str, Any]]:
         return [span.to_dict() for span in self.spans]
+
+    def reported(self, stage: str, key: str) -> Any:
+        """What the workers of ``stage``'s latest span reported under ``key`` (e.g. the
+        separation's ``precision``), or None when the stage did not run or said nothing."""
+        for span in reversed(self.spans):
+            if span.stage == stage:
+                return next((worker[key] for worker in span.workers if worker.get(key) is not None), None)
+        return None
 
 
 def ran_on(model: object, **extra: Any) -> list[dict[str, Any]]:

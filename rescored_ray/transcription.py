@@ -1,11 +1,15 @@
 """Note transcription with Spotify's Basic Pitch, run on its bundled ONNX model.
 
 A :class:`Transcriber` opens one onnxruntime session and transcribes arrays
-directly: no temp files, windows batched through the model, and Basic Pitch's own
-windowing, unwrapping and note decoding, so that with ``profile: stock`` results equal
-``basic_pitch.inference.predict``. By default each stem is decoded with the settings measured
-for its kind and the notes are refined against the activations and the audio
-(:mod:`rescored_ray.refine`; see :class:`~rescored_ray.config.TranscriptionConfig`).
+directly: no temp files, windows batched through the model (the windows of all of a
+song's stems share calls), and Basic Pitch's own windowing, unwrapping and note decoding,
+so that with ``profile: stock`` results equal ``basic_pitch.inference.predict``. By default
+each stem is decoded with the settings measured for its kind and the notes are refined
+against the activations and the audio (:mod:`rescored_ray.refine`; see
+:class:`~rescored_ray.config.TranscriptionConfig`). The session's threads come from the
+CPUs Ray grants the replica or actor (:mod:`rescored_ray.resources`); its other options
+are the measured fastest (``bench/onnx_sessions.py``). On CUDA, calls carry a fixed,
+larger number of windows, so the provider tunes its kernels once.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import soxr
 from rescored_ray import refine
 from rescored_ray.config import StemSettings, TranscriptionConfig
 from rescored_ray.errors import NonRetryableError, RetryableError
+from rescored_ray.resources import model_threads
 from rescored_ray.types import Audio, Note
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,10 @@ HOP_SIZE = AUDIO_N_SAMPLES - OVERLAP_LEN
 ANNOTATIONS_FPS = MODEL_SAMPLE_RATE // FFT_HOP
 OUTPUT_NAMES = ("StatefulPartitionedCall:1", "StatefulPartitionedCall:2", "StatefulPartitionedCall:0")
 INPUT_NAME = "serving_default_input_2:0"
+OUTPUT_KEYS = ("note", "onset", "contour")
+BATCH_WINDOWS = {"cpu": 8, "cuda": 256}
+"""Windows per call when the config says nothing: on CPUs 4-8 measured fastest, 16 and more
+no faster (``bench/onnx_sessions.py``); a GPU wants enough windows to fill it."""
 
 
 @contextlib.contextmanager
@@ -65,7 +74,7 @@ def default_model_path() -> Path:
     return Path(basic_pitch.__file__).parent / "saved_models" / "icassp_2022" / "nmp.onnx"
 
 
-def _providers(device: str) -> list[str]:
+def _providers(device: str) -> list[str | tuple[str, dict[str, str]]]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -74,57 +83,93 @@ def _providers(device: str) -> list[str]:
     if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
         raise NonRetryableError("transcription.device is cuda but onnxruntime has no CUDA provider", stage=STAGE)
     if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        index = device.partition(":")[2] or "0"
+        # every call has the same shape (padded batches), so an exhaustive cuDNN search pays once
+        cuda = {"device_id": index, "cudnn_conv_algo_search": "EXHAUSTIVE", "arena_extend_strategy": "kSameAsRequested"}
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def session_options(config: TranscriptionConfig, threads: int) -> Any:
+    """onnxruntime SessionOptions from the config (see ``TranscriptionConfig`` for each choice)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if config.inter_op_threads > 1 else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    options.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[config.graph_optimization]
+    options.enable_cpu_mem_arena = config.memory_arena
+    spin = "1" if config.spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return options
 
 
 class Transcriber:
     """Holds one Basic Pitch ONNX session and turns audio arrays into notes."""
 
-    def __init__(
-        self,
-        config: TranscriptionConfig | None = None,
-        *,
-        model_path: str | Path | None = None,
-        batch_windows: int = 16,
-        intra_op_threads: int | None = None,
-    ):
+    def __init__(self, config: TranscriptionConfig | None = None, *, model_path: str | Path | None = None):
         import onnxruntime as ort
 
         self.config = config or TranscriptionConfig()
-        self.batch_windows = max(1, batch_windows)
-        path = Path(model_path) if model_path else default_model_path()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        self.model_path = Path(model_path) if model_path else default_model_path()
+        self.threads = model_threads(self.config.threads)
         started = time.perf_counter()
         try:
             self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=_providers(self.config.device)
+                str(self.model_path),
+                sess_options=session_options(self.config, self.threads),
+                providers=_providers(self.config.device),
             )
         except Exception as exc:
-            raise NonRetryableError(f"cannot load the Basic Pitch model {path}: {exc}", stage=STAGE) from exc
+            raise NonRetryableError(f"cannot load the Basic Pitch model {self.model_path}: {exc}", stage=STAGE) from exc
         self.load_seconds = time.perf_counter() - started
         self.providers = self.session.get_providers()
+        on_gpu = self.providers[0] == "CUDAExecutionProvider"
+        self.batch_windows = self.config.batch_windows or BATCH_WINDOWS["cuda" if on_gpu else "cpu"]
+        self.pad_batches = on_gpu
         _, self._notes = _basic_pitch()
         # An all-zero window normalises differently inside a batch than alone (0/0 in the
         # model's dB scaling), so silent windows get the output of a lone zero window,
         # exactly as stock Basic Pitch computes them, and skip the model.
         silent = self._run(np.zeros((1, AUDIO_N_SAMPLES, 1), dtype=np.float32))
-        self._silent_output = {
-            name: value[0] for name, value in zip(("note", "onset", "contour"), silent, strict=False)
-        }
+        self._silent_output = {name: value[0] for name, value in zip(OUTPUT_KEYS, silent, strict=False)}
         self._output_shapes = {name: value.shape for name, value in self._silent_output.items()}
-        log.info("loaded Basic Pitch (%s) in %.2f s", self.providers[0], self.load_seconds)
+        log.info(
+            "loaded Basic Pitch (%s, %d threads, %d windows per call) in %.2f s",
+            self.providers[0],
+            self.threads,
+            self.batch_windows,
+            self.load_seconds,
+        )
 
     # -- model output -------------------------------------------------------------------------
     def model_output(self, audio: Audio | np.ndarray, sample_rate: int | None = None) -> dict[str, np.ndarray]:
         """Basic Pitch's raw activations (``note``, ``onset``, ``contour``) for a recording."""
-        mono = self._model_input(audio, sample_rate)
-        original_length = mono.shape[0]
-        padded = np.concatenate([np.zeros(OVERLAP_LEN // 2, dtype=np.float32), mono])
-        windows = _windows(padded)
+        return self.model_outputs([self._model_input(audio, sample_rate)])[0]
+
+    def model_outputs(self, monos: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Activations of several mono 22.05 kHz recordings, their windows sharing model calls."""
+        if not monos:
+            return []
+        pad = np.zeros(OVERLAP_LEN // 2, dtype=np.float32)
+        per_recording = [_windows(np.concatenate([pad, mono])) for mono in monos]
+        outputs = self._activations(np.concatenate(per_recording))
+        bounds = np.cumsum([0] + [len(windows) for windows in per_recording])
+        return [
+            {key: _unwrap(value[start:end], mono.shape[0]) for key, value in outputs.items()}
+            for mono, start, end in zip(monos, bounds[:-1], bounds[1:], strict=True)
+        ]
+
+    def _activations(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's outputs for each window; silent windows skip the model."""
         silent = ~np.any(windows, axis=(1, 2))
         outputs = {
             name: np.empty((len(windows), *shape), dtype=np.float32) for name, shape in self._output_shapes.items()
@@ -134,9 +179,12 @@ class Transcriber:
         active = np.flatnonzero(~silent)
         for start in range(0, len(active), self.batch_windows):
             rows = active[start : start + self.batch_windows]
-            for name, value in zip(outputs, self._run(windows[rows]), strict=False):
-                outputs[name][rows] = value
-        return {key: _unwrap(value, original_length) for key, value in outputs.items()}
+            batch = windows[rows]
+            if self.pad_batches and len(rows) < self.batch_windows:  # one shape for every GPU call
+                batch = np.concatenate([batch, np.repeat(batch[-1:], self.batch_windows - len(rows), axis=0)])
+            for name, value in zip(outputs, self._run(batch), strict=False):
+                outputs[name][rows] = value[: len(rows)]
+        return outputs
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         try:
@@ -233,11 +281,16 @@ class Transcriber:
         wanted: Iterable[str] | None = None,
         progress: Callable[[float, str], None] | None = None,
     ) -> dict[str, list[Note]]:
-        """Transcribe each pitched stem asked for (drums are always skipped)."""
+        """Transcribe each pitched stem asked for (drums are always skipped); the stems'
+        windows go through the model together, then each stem's notes are decoded."""
         names = stems_to_transcribe(stems, wanted or self.config.stems)
+        audible = [name for name in names if stems[name].frames]
+        outputs = dict(
+            zip(audible, self.model_outputs([self._model_input(stems[name], None) for name in audible]), strict=False)
+        )
         result: dict[str, list[Note]] = {}
         for index, name in enumerate(names):
-            result[name] = self.transcribe(stems[name], stem=name)
+            result[name] = self.notes_from_output(outputs[name], stem=name) if name in outputs else []
             if progress is not None:
                 progress((index + 1) / len(names), name)
         return result

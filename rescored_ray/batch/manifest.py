@@ -60,6 +60,7 @@ SCHEMA = pa.schema(
         ("time_signature", pa.string()),
         ("pickup_ql", pa.float64()),
         ("separation_model", pa.string()),
+        ("separation_precision", pa.string()),
         ("stems", pa.list_(pa.string())),
         *[(f"{stage}_s", pa.float64()) for stage in STAGE_SECONDS],
         *[(output_column(row), pa.list_(pa.string()) if row.multi else pa.string()) for row in layout.LAYOUT],

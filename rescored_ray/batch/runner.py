@@ -1,12 +1,12 @@
 """A whole batch run: expand the inputs, stream them through Ray Data, keep the manifest.
 
-    inputs -> entries -> [download+decode: CPU tasks] -> [Demucs: GPU actors]
-           -> [Basic Pitch: GPU actors] -> [notation + upload: CPU tasks] -> manifest
+    inputs -> entries -> [download+decode: CPU actors] -> [Demucs: GPU actors]
+           -> [Basic Pitch: GPU actors] -> [notation + upload: CPU actors] -> manifest
 
 The stages are the pipeline's own methods (:mod:`rescored_ray.batch.stages`); this
-module only wires them into one streaming Dataset, sizes it from the settings' ``batch``
-section (:class:`~rescored_ray.batch.config.BatchConfig`), skips entries a previous run
-finished, and writes manifest parts as rows come back.
+module only wires them into one streaming Dataset, sized by the plan for this cluster
+(:mod:`rescored_ray.batch.plan`), skips entries a previous run finished, and writes
+manifest parts as rows come back.
 """
 
 from __future__ import annotations
@@ -181,11 +181,15 @@ def build_dataset(
     """The streaming Dataset of one run (lazy: nothing runs until it is iterated)."""
     import ray
     import ray.data
-    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+    from ray.data import ActorPoolStrategy
 
-    from rescored_ray.batch.stages import SeparateStems, TranscribeStems, _ModelStage, acquire_audio, write_score
+    from rescored_ray.batch.config import ActorStage
+    from rescored_ray.batch.plan import StagePlan, cluster_nodes, plan_batch
+    from rescored_ray.batch.stages import AcquireAudio, SeparateStems, TranscribeStems, WriteScore, _ModelStage
 
-    connect(config)
+    connect()
+    plan = plan_batch(config, cluster_nodes())
+    log.info("batch plan: %s", plan.describe())
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress_bars
     context.raise_original_map_exception = True  # a stage's PipelineError reaches us as itself
@@ -194,41 +198,43 @@ def build_dataset(
         context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
             object_store_memory=batch.object_store_memory
         )
-    gpus_available = ray.cluster_resources().get("GPU", 0) > 0
-    settings = config.model_dump_json()  # one string for every task and actor (they parse it once per process)
+    # the model threads the plan chose travel with the settings
+    pipeline = config.pipeline.model_copy(deep=True)
+    if plan.separator is not None:
+        pipeline.separation.threads = plan.separator.threads
+    pipeline.transcription.threads = plan.transcriber.threads
+    settings = config.model_copy(update={"pipeline": pipeline}).model_dump_json()  # parsed once per process
 
     # one entry per block: entries stream one by one, and a long playlist never sits in memory as audio
     dataset: ray.data.Dataset = ray.data.from_items(
         [entry.to_row() for entry in entries], override_num_blocks=len(entries)
     )
     dataset = dataset.map(
-        acquire_audio,
-        fn_kwargs={"config": settings},
-        num_cpus=batch.download.num_cpus,
-        compute=TaskPoolStrategy(size=batch.download.concurrency),
+        AcquireAudio,  # type: ignore[arg-type]  # Ray annotates map() without the callable classes it takes
+        fn_constructor_kwargs={"config": settings},
+        num_cpus=plan.download.num_cpus,
+        compute=ActorPoolStrategy(size=plan.download.size),
     )
-    model_stages: list[tuple[str, type[_ModelStage]]] = [("transcriber", TranscribeStems)]
-    if config.pipeline.separation.enabled:
-        model_stages.insert(0, ("separator", SeparateStems))
-    for name, stage in model_stages:
-        options = getattr(batch, name)
-        gpus = options.gpus(name, gpus_available)
+    model_stages: list[tuple[StagePlan, ActorStage, type[_ModelStage]]] = [
+        (plan.transcriber, batch.transcriber, TranscribeStems)
+    ]
+    if plan.separator is not None:
+        model_stages.insert(0, (plan.separator, batch.separator, SeparateStems))
+    for stage_plan, options, stage in model_stages:
         dataset = dataset.map_batches(
             stage,
             fn_constructor_kwargs={"config": settings},
             batch_size=options.batch_size,
             batch_format="numpy",
-            num_cpus=options.num_cpus,
-            num_gpus=gpus or None,
-            compute=ActorPoolStrategy(
-                min_size=options.min_actors, max_size=max(options.min_actors, options.max_actors)
-            ),
+            num_cpus=stage_plan.num_cpus,
+            num_gpus=stage_plan.num_gpus or None,
+            compute=ActorPoolStrategy(min_size=stage_plan.size, max_size=stage_plan.max_size or stage_plan.size),
         )
     return dataset.map(
-        write_score,
-        fn_kwargs={"config": settings, "output_uri": output_uri, "run_id": run_id},
-        num_cpus=batch.notation.num_cpus,
-        compute=TaskPoolStrategy(size=batch.notation.concurrency),
+        WriteScore,  # type: ignore[arg-type]
+        fn_constructor_kwargs={"config": settings, "output_uri": output_uri, "run_id": run_id},
+        num_cpus=plan.notation.num_cpus,
+        compute=ActorPoolStrategy(size=plan.notation.size),
     )
 
 
@@ -274,24 +280,10 @@ def _input_failure_row(failure: InputFailure, run_id: str) -> dict:
     }
 
 
-def required_cpus(config: Settings) -> float:
-    """Logical CPUs the run needs at its widest: every actor plus one task of each CPU stage."""
-    batch = config.batch
-    actors = sum(
-        getattr(batch, name).max_actors * getattr(batch, name).num_cpus
-        for name in ("separator", "transcriber")
-        if name == "transcriber" or config.pipeline.separation.enabled
-    )
-    return actors + batch.download.num_cpus + batch.notation.num_cpus
-
-
-def connect(config: Settings, address: str | None = None) -> bool:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray sized for
-    the run. Returns whether this call started Ray (and so should shut it down).
-
-    A local Ray gets at least :func:`required_cpus` logical CPUs: on a 2-core machine the
-    model actors would otherwise hold every CPU and the download tasks never run.
-    """
+def connect(address: str | None = None) -> bool:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray with this
+    machine's cores (the plan fits every stage into them). Returns whether this call
+    started Ray (and so should shut it down)."""
     import ray
 
     if ray.is_initialized():
@@ -299,5 +291,5 @@ def connect(config: Settings, address: str | None = None) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
         return False
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(required_cpus(config) + 0.999)))
+    ray.init()
     return True

@@ -4,21 +4,26 @@ Rows carry the audio itself (decoded mix, stems) as arrays, so it moves between
 stages, and between nodes, through Ray's object store, never through one node's
 disk. A row that failed keeps flowing with empty arrays and its error, so one
 broken entry never stops the run; transient errors are retried in place with
-backoff. The stages:
+backoff. Every stage is a pool of actors, so what a process pays once (imports,
+yt-dlp's extractors, music21's first score, a model) is paid once per actor when the
+run starts, never per entry by whichever fresh worker Ray hands a task. The stages:
 
-- :func:`acquire_audio`   CPU task: validate, download, decode.
-- :class:`SeparateStems`  actor holding Demucs (fractional GPU).
-- :class:`TranscribeStems` actor holding Basic Pitch (its own GPU fraction).
-- :func:`write_score`     CPU task: notation, MusicXML/MIDI/stems/preview, upload.
+- :class:`AcquireAudio`    validate, download, decode (CPU).
+- :class:`SeparateStems`   holds Demucs (fractional GPU).
+- :class:`TranscribeStems` holds Basic Pitch (its own GPU fraction).
+- :class:`WriteScore`      notation, MusicXML/MIDI/stems/preview, upload (CPU).
 """
 
 from __future__ import annotations
 
-import functools
+import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,13 +44,6 @@ RUNNING = "running"
 NO_AUDIO = np.zeros((2, 0), dtype=np.float32)
 NO_STEMS = np.zeros((0, 2, 0), dtype=np.float32)
 NOTE_FIELDS = ("note_start", "note_end", "note_pitch", "note_velocity", "note_amplitude", "note_stem_index")
-
-
-@functools.lru_cache(maxsize=4)
-def _task_context(settings: str, output_uri: str | None = None) -> tuple[Settings, Pipeline, ResultStore | None]:
-    """Settings, pipeline and store of a CPU task, built once per worker process, not once per row."""
-    config = Settings.model_validate_json(settings)
-    return config, Pipeline(config.pipeline), ResultStore(output_uri) if output_uri else None
 
 
 def _retrying(cfg: Settings, row: dict[str, Any], call: Callable[[], Any]) -> Any:
@@ -71,9 +69,10 @@ def _fail(row: dict[str, Any], exc: PipelineError) -> dict[str, Any]:
     return row
 
 
-def _timeline() -> Timeline:
-    """A row's stage timeline; each stage also lands in the ``rescored_stage_seconds`` histogram."""
-    return Timeline([metrics.stage_listener("batch")])
+def _timeline(row: dict) -> Timeline:
+    """The row's stage timeline so far (its earlier stages ran in other workers), so the entry's
+    result.json gets every stage; each new stage also lands in the ``rescored_stage_seconds`` histogram."""
+    return Timeline([metrics.stage_listener("batch")], spans=json.loads(row.get("timeline") or "[]"))
 
 
 def _worker_label() -> str:
@@ -88,66 +87,74 @@ def _worker_label() -> str:
 # -- CPU: download + decode ---------------------------------------------------------------------
 
 
-def _entry_context(stage_fn: Callable[..., dict]) -> Callable[..., dict]:
-    """Log lines of a row's CPU stage carry the entry id (see :mod:`rescored_ray.logs`)."""
+class _RowStage:
+    """A CPU stage: an actor of a small fixed pool that takes one row at a time."""
 
-    @functools.wraps(stage_fn)
-    def run(row: dict, *args, **kwargs) -> dict:
+    def __init__(self, config: str):
         logs.install()
-        with logs.job_context(str(row.get("id"))):
-            return stage_fn(row, *args, **kwargs)
+        self.cfg = Settings.model_validate_json(config)
+        self.pipeline = Pipeline(self.cfg.pipeline)
 
-    return run
+    def __call__(self, row: dict) -> dict:
+        with logs.job_context(str(row.get("id"))):  # log lines carry the entry id (see rescored_ray.logs)
+            return self.process(row)
+
+    def process(self, row: dict) -> dict:
+        raise NotImplementedError
 
 
-@_entry_context
-def acquire_audio(row: dict, config: str) -> dict:
+class AcquireAudio(_RowStage):
     """Download and decode one entry; the audio goes into the row."""
-    cfg, pipeline, _ = _task_context(config)
-    # Every column a later stage fills exists from here on, with a value of its final type
-    # ("" rather than None: a batch whose strings are all None becomes a float column, and
-    # blocks of failed and running rows would then disagree about their schema).
-    row = dict(
-        row,
-        title=row.get("title") or "",
-        artist="",
-        status=RUNNING,
-        error="",
-        retryable=False,
-        stage="",
-        attempts=1,
-        audio=NO_AUDIO,
-        stem_audio=NO_STEMS,
-        stem_names="",
-        separation_worker="",
-        transcription_worker="",
-        **notes_to_columns([]),
-    )
-    timeline = _timeline()
 
-    def attempt():
-        with pipeline.workdir(str(row["id"])) as workdir:
-            return pipeline.acquire(row["url"], workdir, timeline=timeline)
+    def process(self, row: dict) -> dict:
+        # Every column a later stage fills exists from here on, with a value of its final type
+        # ("" rather than None: a batch whose strings are all None becomes a float column, and
+        # blocks of failed and running rows would then disagree about their schema).
+        row = dict(
+            row,
+            title=row.get("title") or "",
+            artist="",
+            status=RUNNING,
+            error="",
+            retryable=False,
+            stage="",
+            attempts=1,
+            audio=NO_AUDIO,
+            stem_audio=NO_STEMS,
+            stem_names="",
+            separation_worker="",
+            separation_precision="",
+            transcription_worker="",
+            timeline="[]",
+            **notes_to_columns([]),
+        )
+        timeline = _timeline(row)
 
-    try:
-        about, audio = _retrying(cfg, row, attempt)
-    except PipelineError as exc:
-        return _fail(row, exc)
-    row.update(
-        audio=audio.samples,
-        title=row.get("title") or about.title or "",
-        artist=about.artist or "",
-        duration_s=round(audio.duration_s, 3),
-    )
-    row.update({f"{stage}_s": round(seconds, 4) for stage, seconds in timeline.seconds().items()})
-    return row
+        def attempt():
+            with self.pipeline.workdir(str(row["id"])) as workdir:
+                return self.pipeline.acquire(row["url"], workdir, timeline=timeline)
+
+        try:
+            about, audio = _retrying(self.cfg, row, attempt)
+        except PipelineError as exc:
+            return _fail(row, exc)
+        row.update(
+            audio=audio.samples,
+            title=row.get("title") or about.title or "",
+            artist=about.artist or "",
+            duration_s=round(audio.duration_s, 3),
+            timeline=json.dumps(timeline.to_list()),
+        )
+        row.update({f"{stage}_s": round(seconds, 4) for stage, seconds in timeline.seconds().items()})
+        return row
 
 
 # -- GPU: separation and transcription ----------------------------------------------------------
 
 
-class _ModelStage:
-    """An actor of a Ray Data actor pool that holds one model for its whole life.
+class _ModelStage(_RowStage):
+    """An actor of a Ray Data actor pool that holds one model for its whole life; it takes
+    batches of rows (``batch_size``), a GPU's unit of work.
 
     A model that cannot load (weights missing offline) is raised from the first call,
     not from ``__init__``: Ray reports a failed constructor only as text, while an error
@@ -156,9 +163,7 @@ class _ModelStage:
     """
 
     def __init__(self, config: str):
-        logs.install()
-        self.cfg = Settings.model_validate_json(config)
-        self.pipeline = Pipeline(self.cfg.pipeline)
+        super().__init__(config)
         self.worker = _worker_label()
         self.init_error: PipelineError | None = None
         started = time.perf_counter()
@@ -204,7 +209,7 @@ class SeparateStems(_ModelStage):
         return self.cfg.pipeline.separation.model
 
     def process(self, row: dict) -> dict:
-        timeline = _timeline()
+        timeline = _timeline(row)
         audio = Audio(np.array(row["audio"], dtype=np.float32), SAMPLE_RATE)  # a writable copy for torch
         fallbacks = self.separator.cpu_fallbacks
         try:
@@ -217,6 +222,8 @@ class SeparateStems(_ModelStage):
             stem_names=",".join(names),
             separation_s=round(timeline.seconds().get("separation", 0.0), 4),
             separation_worker=self.worker,
+            separation_precision=timeline.reported("separation", "precision") or "",
+            timeline=json.dumps(timeline.to_list()),
         )
         if self.separator.cpu_fallbacks > fallbacks:
             metrics.inc("rescored_gpu_cpu_fallbacks_total", model=self.separator.name)
@@ -233,7 +240,7 @@ class TranscribeStems(_ModelStage):
         return "basic-pitch"
 
     def process(self, row: dict) -> dict:
-        timeline = _timeline()
+        timeline = _timeline(row)
         stems = stems_of(row)
         try:
             notes = _retrying(self.cfg, row, lambda: self.pipeline.transcribe(stems, timeline=timeline))
@@ -241,7 +248,9 @@ class TranscribeStems(_ModelStage):
             return _fail(row, exc)
         row.update(notes_to_columns([n for stem_notes in notes.values() for n in stem_notes]))
         row.update(
-            transcription_s=round(timeline.seconds().get("transcription", 0.0), 4), transcription_worker=self.worker
+            transcription_s=round(timeline.seconds().get("transcription", 0.0), 4),
+            transcription_worker=self.worker,
+            timeline=json.dumps(timeline.to_list()),
         )
         return row
 
@@ -249,12 +258,45 @@ class TranscribeStems(_ModelStage):
 # -- CPU: notation and outputs ------------------------------------------------------------------
 
 
-@_entry_context
-def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
-    """Notate one entry, write its files to the output store; returns its manifest row."""
-    if row["status"] == RUNNING:
-        cfg, pipeline, store = _task_context(config, output_uri)
-        timeline = _timeline()
+class WriteScore(_RowStage):
+    """Notate one entry, write its files to the output store; returns its manifest row.
+
+    music21 and the score writers cost seconds on their first call in a process (0.2 s
+    after), so each actor pays that once, on a tiny synthetic song, while the run fills.
+    All of it runs on one thread of the actor's own: verovio renders only in the thread
+    that first used it, and Ray may call an actor from other threads than its constructor's.
+    """
+
+    def __init__(self, config: str, output_uri: str, run_id: str):
+        super().__init__(config)
+        self.store = ResultStore(output_uri)
+        self.run_id = run_id
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescored-notation")
+        self.thread.submit(self.warm_up).result()
+
+    def __call__(self, row: dict) -> dict:
+        return self.thread.submit(super().__call__, row).result()
+
+    def warm_up(self) -> None:
+        started = time.perf_counter()
+        rate = SAMPLE_RATE
+        tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate)).astype(np.float32)
+        audio = Audio(np.stack([tone, tone]), rate)
+        notes = {"other": [Note(0.5 * i, 0.5 * i + 0.4, 60 + 2 * i, 80, "other") for i in range(4)]}
+        try:
+            with tempfile.TemporaryDirectory(prefix="rescored_warmup_") as folder:
+                self.pipeline.write("warm-up", "warm-up", None, audio, {"other": audio}, notes, Path(folder))
+        except PipelineError as exc:  # a cold first entry is slower, never wrong
+            log.warning("notation warm-up failed: %s", exc)
+        log.info("notation warmed up in %.1f s", time.perf_counter() - started)
+
+    def process(self, row: dict) -> dict:
+        if row["status"] == RUNNING:
+            self._write(row)
+        return manifest_row(row, self.run_id)
+
+    def _write(self, row: dict) -> None:
+        timeline = _timeline(row)
         audio = Audio(np.asarray(row["audio"], dtype=np.float32), SAMPLE_RATE)
         stems = stems_of(row)
         notes: dict[str, list[Note]] = {}
@@ -262,8 +304,8 @@ def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
             notes.setdefault(note.stem, []).append(note)
 
         def attempt():
-            with pipeline.workdir(str(row["id"])) as workdir:
-                result = pipeline.write(
+            with self.pipeline.workdir(str(row["id"])) as workdir:
+                result = self.pipeline.write(
                     str(row["id"]),
                     row["url"],
                     row.get("title"),
@@ -274,29 +316,27 @@ def write_score(row: dict, config: str, output_uri: str, run_id: str) -> dict:
                     artist=row.get("artist") or None,
                     timeline=timeline,
                 )
-                files = publish(result, store, str(row["id"]))
+                files = publish(result, self.store, str(row["id"]))
             return result, files
 
         try:
-            result, files = _retrying(cfg, row, attempt)
+            result, files = _retrying(self.cfg, row, attempt)
         except PipelineError as exc:
             _fail(row, exc)
-        else:
-            assert store is not None  # write_score always has an output
-            row.update(output_urls(store, str(row["id"]), files))
-            row.update(
-                status=COMPLETED,
-                n_notes=result.n_notes,
-                key=result.key,
-                tempo_bpm=result.tempo_bpm,
-                time_signature=result.time_signature,
-                pickup_ql=result.pickup_ql,
-                separation_model=result.separation_model,
-                stems=result.stems,
-                notation_s=round(timeline.seconds().get("notation", 0.0), 4),
-                outputs_s=round(timeline.seconds().get("outputs", 0.0), 4),
-            )
-    return manifest_row(row, run_id)
+            return
+        row.update(output_urls(self.store, str(row["id"]), files))
+        row.update(
+            status=COMPLETED,
+            n_notes=result.n_notes,
+            key=result.key,
+            tempo_bpm=result.tempo_bpm,
+            time_signature=result.time_signature,
+            pickup_ql=result.pickup_ql,
+            separation_model=result.separation_model,
+            stems=result.stems,
+            notation_s=round(timeline.seconds().get("notation", 0.0), 4),
+            outputs_s=round(timeline.seconds().get("outputs", 0.0), 4),
+        )
 
 
 def output_urls(store: ResultStore, entry_id: str, files: list[str]) -> dict[str, Any]:
@@ -311,7 +351,7 @@ def output_urls(store: ResultStore, entry_id: str, files: list[str]) -> dict[str
 def manifest_row(row: dict, run_id: str) -> dict:
     """The light part of a row: what the manifest records (no audio, no notes)."""
     out = {name: _plain(row.get(name)) for name in COLUMNS if name in row}
-    for name in ("title", "error", "stage", "separation_worker", "transcription_worker"):
+    for name in ("title", "error", "stage", "separation_worker", "separation_precision", "transcription_worker"):
         out[name] = out.get(name) or None
     if out.get("status") == COMPLETED:
         out["retryable"] = None

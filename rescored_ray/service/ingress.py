@@ -271,6 +271,7 @@ def _public_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
         "meter_confidence",
         "tempo_changes",
         "separation_model",
+        "separation_precision",
         "stems",
         "timings",
         "warnings",

@@ -110,6 +110,7 @@ class SeparatorDeployment:
         return {
             "model": s.name,
             "device": str(s.device),
+            "precision": s.precision,
             "sources": s.sources,
             "random_weights": s.is_random,
             "load_seconds": round(s.load_seconds, 3),

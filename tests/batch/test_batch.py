@@ -3,6 +3,7 @@ failure isolation, transient retries, resume, and fractional-GPU placement."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from rescored_ray.batch import run_batch
 from rescored_ray.batch.manifest import COMPLETED, FAILED, MANIFEST, SKIPPED
 from rescored_ray.pipeline import Pipeline
+from rescored_ray.precision import resolve_precision
 from rescored_ray.separation import ModelLoadError
 from rescored_ray.settings import load_settings, merge
 from tests.metrics_scrape import deltas_when_settled, scrape, value
@@ -160,6 +162,7 @@ def test_manifest_has_every_entry_with_the_right_status(first_run, rss_feed_info
         assert row["duration_s"] == pytest.approx(item.duration_s, abs=0.1)
         assert row["error"] is None and row["n_notes"] > 0 and row["key"] and row["tempo_bpm"] > 0
         assert row["separation_model"] == "demucs_unittest"
+        assert row["separation_precision"] == resolve_precision("auto", "cpu")  # what auto chose on this CPU
         assert row["stems"] == ["bass", "drums", "other", "vocals"]
         assert row["separation_s"] > 0 and row["transcription_s"] > 0 and row["notation_s"] > 0
         assert len(row["stem_files"]) == 4 and all(Path(p).is_file() for p in row["stem_files"])
@@ -169,6 +172,24 @@ def test_manifest_has_every_entry_with_the_right_status(first_run, rss_feed_info
     assert summary.audio_s == pytest.approx(sum(row["duration_s"] for row in good), rel=1e-6)
     assert "5 completed, 1 failed, 0 skipped" in summary.line() and "songs/hour" in summary.line()
     assert not list((first_run["output"] / "_manifest" / "parts").glob("*.parquet"))  # folded into the manifest
+
+
+def test_result_json_has_the_whole_timeline_of_an_entry(first_run):
+    """Each stage ran in another worker; result.json still gets all of them, in order, with the
+    separation's precision, as a CLI or service run would."""
+    for row in first_run["rows"]:
+        if row["status"] != COMPLETED:
+            continue
+        result = json.loads(Path(row["result"]).read_text())
+        stages = [span["stage"] for span in result["timeline"] if span["ok"]]
+        assert stages == ["download", "decode", "separation", "transcription", "notation", "outputs"]
+        separation = next(span for span in result["timeline"] if span["stage"] == "separation")
+        assert separation["workers"][0]["precision"] == result["separation_precision"] == row["separation_precision"]
+        assert (
+            separation["workers"][0]["pid"]
+            != next(span for span in result["timeline"] if span["stage"] == "notation")["workers"][0]["pid"]
+        )
+        assert result["timings"]["separation"] == pytest.approx(row["separation_s"], abs=1e-3)
 
 
 def test_completed_scores_load_in_music21(first_run):

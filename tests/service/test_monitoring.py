@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from rescored_ray.metrics import METRICS
+from rescored_ray.precision import resolve_precision
 from tests.metrics_scrape import deltas_when_settled, scrape, value
 from tests.service_app import deploy, wait_for_job
 
@@ -133,6 +134,7 @@ def test_timeline_says_when_and_where_each_stage_ran(service, jobs):
     assert all(w["actor"].startswith("SERVE_REPLICA::rescored#PipelineWorker") for w in by_stage["download"]["workers"])
     separation = by_stage["separation"]["workers"]
     assert len(separation) == 1 and "Separator" in separation[0]["actor"] and separation[0]["device"] == "cpu"
+    assert separation[0]["precision"] == resolve_precision("auto", "cpu")  # the job timeline says what auto chose
     transcription = by_stage["transcription"]["workers"]
     assert sorted(w["stem"] for w in transcription) == ["bass", "other"]
     assert all("Transcriber" in w["actor"] and w["device"] == "CPUExecutionProvider" for w in transcription)

@@ -14,6 +14,7 @@ import music21
 import pytest
 from websockets.sync.client import connect as ws_connect
 
+from rescored_ray.precision import resolve_precision
 from tests.service_app import deploy, replica_actor, wait_for_job
 
 FAST = {"separation": "none", "stems": ["mix"]}
@@ -58,6 +59,7 @@ def test_submit_to_score_with_stems(service, http_server):
     assert job["status"] == "completed", job
     assert [a["outcome"] for a in job["attempts"]] == ["completed"]
     assert job["result"]["stems"] == ["bass", "drums", "other", "vocals"]
+    assert job["result"]["separation_precision"] == resolve_precision("auto", "cpu")
     score = service.get(f"/api/v1/scores/{job['job_id']}")
     assert score.status_code == 200
     assert score.headers["content-type"] == "application/vnd.recordare.musicxml+xml"

@@ -10,7 +10,7 @@ from rescored_ray.score import Score
 from rescored_ray.service.ingress import _files
 from rescored_ray.service.ledger import JobRecord, JobStatus
 
-PAGES = layout.Output("pages", "pages/page-{name}.svg", "image/svg+xml", "pages/{name}", "{job_id}-page-{name}.svg")
+PARTS = layout.Output("parts", "parts/part-{name}.pdf", "application/pdf", "parts/{name}", "{job_id}-part-{name}.pdf")
 
 
 @pytest.mark.parametrize("row", layout.LAYOUT, ids=lambda row: row.kind)
@@ -33,7 +33,7 @@ def test_names_that_could_be_paths_are_refused():
             layout.resolve("stems", bad)
     assert layout.resolve("nothing") is None and layout.kind_of("stems/../ledger.flac") is None
     with pytest.raises(KeyError, match="there are musicxml"):
-        layout.output("pdf")
+        layout.output("wav")
 
 
 def test_the_shipped_layout_and_the_manifest_columns():
@@ -43,6 +43,8 @@ def test_the_shipped_layout_and_the_manifest_columns():
         "midi": "midi",
         "notes": "notes",
         "preview": "preview",
+        "pdf": "pdf",
+        "pages": "page_files",
         "stems": "stem_files",
         "result": "result",
     }
@@ -50,13 +52,13 @@ def test_the_shipped_layout_and_the_manifest_columns():
 
 
 def test_a_new_output_is_one_row(monkeypatch, tmp_path):
-    """A multi-file kind added to the table (as the notation engine's pages will be) is
+    """A multi-file kind added to the table (one PDF per instrument, say) is
     resolved, routed, listed by the service and saved by the SDK, with no other change."""
-    monkeypatch.setattr(layout, "LAYOUT", (*layout.LAYOUT, PAGES))
-    outputs = ["pages/page-1.svg", "pages/page-2.svg", "result.json", "score.musicxml"]
-    assert file_url("j1", "pages/page-2.svg") == "/api/v1/scores/j1/pages/2"
-    assert layout.resolve("pages", "2") == (PAGES, "pages/page-2.svg")
-    assert layout.files_of("pages", outputs) == {"1": "pages/page-1.svg", "2": "pages/page-2.svg"}
+    monkeypatch.setattr(layout, "LAYOUT", (*layout.LAYOUT, PARTS))
+    outputs = ["parts/part-1.pdf", "parts/part-2.pdf", "result.json", "score.musicxml"]
+    assert file_url("j1", "parts/part-2.pdf") == "/api/v1/scores/j1/parts/2"
+    assert layout.resolve("parts", "2") == (PARTS, "parts/part-2.pdf")
+    assert layout.files_of("parts", outputs) == {"1": "parts/part-1.pdf", "2": "parts/part-2.pdf"}
 
     job = JobRecord(
         job_id="j1",
@@ -68,14 +70,14 @@ def test_a_new_output_is_one_row(monkeypatch, tmp_path):
         result={"outputs": outputs},
     )
     listed = {(f["kind"], f["name"], f["url"]) for f in _files(job, "http://h")}
-    assert ("pages", "2", "http://h/api/v1/scores/j1/pages/2") in listed
+    assert ("parts", "2", "http://h/api/v1/scores/j1/parts/2") in listed
     assert ("musicxml", None, "http://h/api/v1/scores/j1") in listed
 
     fetched = []
     score = Score({"outputs": outputs}, lambda name: fetched.append(name) or name.encode())
     score.save(tmp_path)
-    assert (tmp_path / "pages" / "page-2.svg").read_text() == "pages/page-2.svg"
-    assert sorted(fetched) == ["pages/page-1.svg", "pages/page-2.svg", "score.musicxml"]
+    assert (tmp_path / "parts" / "part-2.pdf").read_text() == "parts/part-2.pdf"
+    assert sorted(fetched) == ["parts/part-1.pdf", "parts/part-2.pdf", "score.musicxml"]
 
 
 def test_a_job_recorded_by_release_0_1_is_still_served():

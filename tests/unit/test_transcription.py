@@ -27,10 +27,19 @@ def test_chorale_transcribes_with_onset_f1_above_floor(transcriber, chorale):
     assert all(n.stem == "mix" and 1 <= n.velocity <= 127 and n.end_s > n.start_s for n in notes)
 
 
-def test_stock_profile_matches_basic_pitch_predict_exactly(chorale):
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # the tuned session defaults
+        {"threads": 1, "batch_windows": 1, "graph_optimization": "basic", "memory_arena": False, "spinning": True},
+        {"inter_op_threads": 2, "batch_windows": 64, "graph_optimization": "extended"},
+    ],
+)
+def test_stock_profile_matches_basic_pitch_predict_exactly(chorale, settings):
     """Same ONNX model, same windows: with ``profile: stock`` our batched array path gives
-    stock's notes (the benchmarks compare against exactly these)."""
-    transcriber = Transcriber(TranscriptionConfig(profile="stock"))
+    stock's notes whatever the session options (they change how the graph runs, never what
+    it computes; the benchmarks compare against exactly these)."""
+    transcriber = Transcriber(TranscriptionConfig(profile="stock", **settings))
     logging.disable(logging.WARNING)
     try:
         from basic_pitch import ICASSP_2022_MODEL_PATH
@@ -90,3 +99,56 @@ def test_short_and_empty_inputs(transcriber):
     t = np.arange(22050) / 22050
     out = transcriber.model_output(np.sin(2 * np.pi * 440 * t).astype(np.float32), 22050)
     assert out["note"].shape == (86, 88) and out["contour"].shape == (86, 264)
+
+
+def test_session_options_follow_the_config():
+    transcriber = Transcriber(
+        TranscriptionConfig(
+            threads=1,
+            inter_op_threads=2,
+            spinning=False,
+            graph_optimization="extended",
+            memory_arena=False,
+            batch_windows=8,
+        )
+    )
+    options = transcriber.session.get_session_options()
+    assert transcriber.threads == options.intra_op_num_threads == 1
+    assert options.inter_op_num_threads == 2 and options.execution_mode.name == "ORT_PARALLEL"
+    assert options.graph_optimization_level.name == "ORT_ENABLE_EXTENDED"
+    assert options.enable_cpu_mem_arena is False
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert transcriber.batch_windows == 8 and transcriber.pad_batches is False
+    default = Transcriber(TranscriptionConfig())
+    assert default.batch_windows == 8 and default.session.get_session_options().execution_mode.name == "ORT_SEQUENTIAL"
+
+
+def test_threads_come_from_the_cpus_ray_grants(ray_cluster):
+    """Outside Ray: every CPU of the process; in an actor: its grant, rounded up, at most the process's CPUs."""
+    from rescored_ray.resources import process_cpus
+
+    assert Transcriber(TranscriptionConfig()).threads == process_cpus()
+
+    @ray_cluster.remote
+    class Holder:
+        def threads(self, configured=None):
+            return Transcriber(TranscriptionConfig(threads=configured)).threads
+
+    expected = {0.5: 1, 1: 1, 2: min(2, process_cpus())}
+    for cpus, threads in expected.items():
+        holder = Holder.options(num_cpus=cpus).remote()
+        assert ray_cluster.get(holder.threads.remote()) == threads, cpus
+        if cpus == 1:
+            assert ray_cluster.get(holder.threads.remote(3)) == 3  # an explicit setting wins
+        ray_cluster.kill(holder)
+
+
+def test_stems_share_model_calls_and_fixed_shape_batches_change_nothing(transcriber, chorale, band_mix):
+    """The windows of all stems go through the model together; on a GPU every call is padded to
+    one shape. Both give exactly the notes of one stem at a time, unpadded."""
+    stems = {"other": decode_audio(chorale.path), "bass": decode_audio(band_mix.path)}
+    alone = {name: transcriber.transcribe(audio, stem=name) for name, audio in stems.items()}
+    assert transcriber.transcribe_stems(stems, ["other", "bass"]) == alone
+    padded = Transcriber(TranscriptionConfig(batch_windows=12))
+    padded.pad_batches = True  # what the CUDA provider gets
+    assert padded.transcribe_stems(stems, ["other", "bass"]) == alone
