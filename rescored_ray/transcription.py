@@ -285,12 +285,14 @@ class Transcriber:
         windows go through the model together, then each stem's notes are decoded."""
         names = stems_to_transcribe(stems, wanted or self.config.stems)
         audible = [name for name in names if stems[name].frames]
-        outputs = dict(
-            zip(audible, self.model_outputs([self._model_input(stems[name], None) for name in audible]), strict=False)
-        )
+        heard = {name: self._model_input(stems[name], None) for name in audible}
+        outputs = dict(zip(audible, self.model_outputs([heard[name] for name in audible]), strict=False))
         result: dict[str, list[Note]] = {}
         for index, name in enumerate(names):
-            result[name] = self.notes_from_output(outputs[name], stem=name) if name in outputs else []
+            if name in outputs:  # refinement measures the audio the model heard
+                result[name] = self.notes_from_output(outputs[name], stem=name, audio=heard[name])
+            else:
+                result[name] = []
             if progress is not None:
                 progress((index + 1) / len(names), name)
         return result
