@@ -142,7 +142,10 @@ def _cpu_plan(config: BatchConfig, pipeline: PipelineConfig, nodes: list[dict[st
     per_node = []  # (actors, threads) each node can run
     for node in hosts:
         cores = int(node["CPU"]) or 1
-        actors = cores // main_cfg.threads if main_cfg.threads else cores
+        if main_cfg.num_cpus:  # an explicit reservation: as many as fit beside the other stages
+            actors = int(cores * (1 - OVERLAP_SHARE) / main_cfg.num_cpus + 1e-9)
+        else:
+            actors = cores // main_cfg.threads if main_cfg.threads else cores
         if node.get("memory"):  # Ray reports what tasks and actors may use
             actors = min(actors, int(node["memory"] // memory))
         per_node.append((max(1, actors), max(1, cores // max(1, actors))))

@@ -34,6 +34,15 @@ def test_memory_bounds_the_demucs_actors_and_their_threads_grow_instead():
     assert plan_batch(_config(), [{"CPU": 16.0}]).separator.size == 16  # memory unknown: one per core
 
 
+def test_an_explicit_reservation_sizes_the_pool_to_fit():
+    """``transcriber: {num_cpus: 1}`` without a pool size (the quickstart's setting) on 8 CPUs:
+    as many actors as fit beside the other stages, never a plan Ray could not schedule."""
+    settings = _config(pipeline={"separation": {"model": "none"}}, transcriber={"num_cpus": 1})
+    plan = plan_batch(settings, [{"CPU": 8.0, "memory": 16 * GIB}])
+    assert plan.transcriber.size == 6 and plan.transcriber.num_cpus == 1
+    assert plan.reserved_cpus() <= 8.0 + 1e-9
+
+
 def test_big_cpu_clusters_scale_every_pool():
     plan = plan_batch(_config(), [{"CPU": 32.0, "memory": 256 * GIB}, {"CPU": 16.0, "memory": 128 * GIB}])
     assert plan.separator.size == 48 and plan.separator.threads == 1
