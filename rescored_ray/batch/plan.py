@@ -121,6 +121,12 @@ def plan_batch(settings: Settings, nodes: list[dict[str, float]]) -> BatchPlan:
         plan = _gpu_plan(config, cpus, gpus, pipeline.separation.enabled)
     else:
         plan = _cpu_plan(config, pipeline, nodes)
+        main = plan.separator or plan.transcriber
+        planned_size = not (config.separator if plan.separator else config.transcriber).min_actors
+        while planned_size and main.size > 1 and plan.reserved_cpus() > sum(cpus) + 1e-9:
+            # explicit reservations of the other stages: fewer main actors, until all fit
+            plan = _cpu_plan(config, pipeline, nodes, max_main=main.size - 1)
+            main = plan.separator or plan.transcriber
     if plan.reserved_cpus() > sum(cpus) + 1e-9:
         raise ConfigError(
             f"the batch settings reserve {plan.reserved_cpus():g} CPUs but the cluster has "
@@ -130,7 +136,9 @@ def plan_batch(settings: Settings, nodes: list[dict[str, float]]) -> BatchPlan:
     return plan
 
 
-def _cpu_plan(config: BatchConfig, pipeline: PipelineConfig, nodes: list[dict[str, float]]) -> BatchPlan:
+def _cpu_plan(
+    config: BatchConfig, pipeline: PipelineConfig, nodes: list[dict[str, float]], max_main: int | None = None
+) -> BatchPlan:
     separating = pipeline.separation.enabled
     main_name = "separator" if separating else "transcriber"
     main_cfg: ActorStage = getattr(config, main_name)
@@ -152,7 +160,7 @@ def _cpu_plan(config: BatchConfig, pipeline: PipelineConfig, nodes: list[dict[st
     threads = main_cfg.threads or min(threads for _, threads in per_node)
     main = _actor_stage(
         main_cfg,
-        size=sum(actors for actors, _ in per_node),
+        size=min(sum(actors for actors, _ in per_node), max_main or 1 << 30),
         num_cpus=round(threads * (1 - OVERLAP_SHARE), 2),
         threads=threads,
     )

@@ -41,6 +41,15 @@ def test_an_explicit_reservation_sizes_the_pool_to_fit():
     plan = plan_batch(settings, [{"CPU": 8.0, "memory": 16 * GIB}])
     assert plan.transcriber.size == 6 and plan.transcriber.num_cpus == 1
     assert plan.reserved_cpus() <= 8.0 + 1e-9
+    # the other stages' explicit reservations count too: fewer transcribers, still schedulable
+    settings = _config(
+        pipeline={"separation": {"model": "none"}},
+        transcriber={"num_cpus": 1},
+        download={"num_cpus": 0.5},
+        notation={"num_cpus": 0.5},
+    )
+    plan = plan_batch(settings, [{"CPU": 8.0, "memory": 16 * GIB}])
+    assert 1 <= plan.transcriber.size < 6 and plan.reserved_cpus() <= 8.0 + 1e-9
 
 
 def test_big_cpu_clusters_scale_every_pool():
