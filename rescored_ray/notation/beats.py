@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rescored_ray.notation.numba_cache import warm_once
 from rescored_ray.types import Note
 
 ANALYSIS_RATE = 22050
@@ -190,6 +191,30 @@ def track_beats(
     notes: Sequence[Note], audio: np.ndarray | None = None, sample_rate: int | None = None
 ) -> TempoMap | None:
     """Beats of the performance, or ``None`` when there is no usable pulse (too few onsets)."""
+    warm_once("librosa-beats", _compile_kernels)
+    return _track_beats(notes, audio, sample_rate)
+
+
+def _compile_kernels() -> None:
+    """Track a synthetic pulse, with and without audio: every numba kernel the real calls use.
+
+    Run under :func:`~rescored_ray.notation.numba_cache.warm_once`, so that concurrent
+    first calls in several processes never write librosa's cache at the same time.
+    """
+    rate = 2 * ANALYSIS_RATE  # the resampling path too
+    times = 0.25 + 0.5 * np.arange(12)
+    notes = [Note(float(t), float(t) + 0.4, 60 + 4 * (i % 3), 80) for i, t in enumerate(times)]
+    audio = np.zeros(int(rate * (times[-1] + 1.0)), dtype=np.float32)
+    decay = np.exp(-np.arange(2048) / 300.0).astype(np.float32)
+    for t in times:
+        start = int(t * rate)
+        audio[start : start + decay.size] += decay * np.sin(np.arange(decay.size) * 0.06).astype(np.float32)
+    for evidence in ((notes, audio, rate), (notes, None, None)):
+        if _track_beats(*evidence) is None:
+            raise RuntimeError("the beat tracker found no pulse in its warm-up: the kernels are not compiled")
+
+
+def _track_beats(notes: Sequence[Note], audio: np.ndarray | None, sample_rate: int | None) -> TempoMap | None:
     import librosa
 
     onsets = np.unique(np.round([n.start_s for n in notes], 2))
