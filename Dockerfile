@@ -31,7 +31,7 @@ RUN pip install --no-cache-dir ${TORCH_SPEC} \
 # The Demucs weights in the image, so that a new pod does not download them at start.
 RUN python -c "from demucs.pretrained import get_model; get_model('${DEMUCS_MODEL}')"
 # librosa's numba kernels compiled once here, by one process (rescored_ray/notation/numba_cache.py).
-RUN python -c "from rescored_ray.notation import beats; beats.warm_once('librosa-beats', beats._compile_kernels)"
+RUN python -c "from rescored_ray.notation.beats import warm_up; warm_up()"
 
 # Serve's proxy listens on every interface inside a pod (configs/serve.yaml sets no host,
 # so a local `rescored-ray serve` stays on 127.0.0.1).

@@ -194,8 +194,13 @@ def track_beats(
     notes: Sequence[Note], audio: np.ndarray | None = None, sample_rate: int | None = None
 ) -> TempoMap | None:
     """Beats of the performance, or ``None`` when there is no usable pulse (too few onsets)."""
-    warm_once("librosa-beats", _compile_kernels)
+    warm_up()
     return _track_beats(notes, audio, sample_rate)
+
+
+def warm_up() -> None:
+    """Compile (or load) librosa's beat kernels in this process, one process per machine at a time."""
+    warm_once("librosa-beats", _compile_kernels)
 
 
 def _compile_kernels() -> None:

@@ -17,7 +17,7 @@ from rescored_ray.notation import numba_cache
 
 pytestmark = pytest.mark.slow
 
-WARM = "from rescored_ray.notation import beats; beats.warm_once('librosa-beats', beats._compile_kernels)"
+WARM = "from rescored_ray.notation.beats import warm_up; warm_up()"
 
 TRACK = """
 import numpy as np
