@@ -44,9 +44,12 @@ def value(samples, name: str, **tags) -> float:
     return sum(v for (n, t), v in samples.items() if n == name and wanted <= t)
 
 
-def deltas_when_settled(before, expected: dict[tuple[str, tuple], float], timeout: float = 30.0):
-    """Scrape until the increases since ``before`` equal ``expected`` (the agent exports every
-    second in the tests' Ray) or ``timeout`` passes; returns (increases, last scrape)."""
+def deltas_when_settled(
+    before, expected: dict[tuple[str, tuple], float], timeout: float = 30.0, tolerance: float = 0.01
+):
+    """Scrape until the increases since ``before`` equal ``expected`` within ``tolerance`` (counts
+    are whole, audio seconds are not; the agent exports every second in the tests' Ray) or
+    ``timeout`` passes; returns (increases, last scrape)."""
     deadline = time.monotonic() + timeout
     while True:
         after = scrape()
@@ -54,6 +57,7 @@ def deltas_when_settled(before, expected: dict[tuple[str, tuple], float], timeou
             key: round(value(after, key[0], **dict(key[1])) - value(before, key[0], **dict(key[1])), 4)
             for key in expected
         }
-        if deltas == expected or time.monotonic() > deadline:
+        settled = all(abs(deltas[key] - want) <= tolerance for key, want in expected.items())
+        if settled or time.monotonic() > deadline:
             return deltas, after
         time.sleep(1)

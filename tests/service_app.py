@@ -42,7 +42,8 @@ TERMINAL = {"completed", "failed", "cancelled"}
 
 def wait_for_job(client, job_id, timeout=120, statuses=TERMINAL, predicate=None, poll_s=0.1) -> dict:
     """Poll ``GET /api/v1/jobs/{id}`` (with ``client``'s headers) until the job is in one of
-    ``statuses`` (or ``predicate(job)`` holds); returns the job."""
+    ``statuses`` (or ``predicate(job)`` holds); returns the job. A job that ends while
+    ``predicate`` still fails can never satisfy it: that fails at once, with the job."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -51,6 +52,8 @@ def wait_for_job(client, job_id, timeout=120, statuses=TERMINAL, predicate=None,
         job = client.get(f"/api/v1/jobs/{job_id}").json()
         if predicate(job) if predicate else job["status"] in statuses:
             return job
+        if predicate and job["status"] in TERMINAL:
+            raise AssertionError(f"job {job_id} ended ({job['status']}) before the awaited state: {job}")
         time.sleep(poll_s)
     raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
 

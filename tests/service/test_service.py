@@ -11,10 +11,12 @@ import time
 
 import httpx
 import music21
+import numpy as np
 import pytest
 from websockets.sync.client import connect as ws_connect
 
 from rescored_ray.precision import resolve_precision
+from tests.media import read_wav, write_wav
 from tests.service_app import deploy, replica_actor, wait_for_job
 
 FAST = {"separation": "none", "stems": ["mix"]}
@@ -193,11 +195,21 @@ def test_soft_time_limit_stops_the_attempt_and_retries(service, http_server):
     assert wait_for_job(service, created["job_id"], timeout=60)["status"] == "cancelled"
 
 
-def test_job_survives_its_worker_dying_mid_separation(service, band_mix, http_server):
+@pytest.fixture(scope="module")
+def long_mix(band_mix, media_dir, http_server) -> str:
+    """The band mix four times over (63 s): separation lasts seconds, not one poll's worth."""
+    samples, rate = read_wav(band_mix.path)
+    path = media_dir / "service" / "long-mix.wav"
+    path.parent.mkdir(exist_ok=True)
+    write_wav(path, np.tile(samples, (4, 1)), rate)
+    return http_server.url(path.relative_to(media_dir).as_posix())
+
+
+def test_job_survives_its_worker_dying_mid_separation(service, long_mix):
     import ray
 
     wait_idle(service)
-    created = submit(service, http_server.url("mix.wav") + "?crash=1", {"stems": ["other"]})
+    created = submit(service, long_mix + "?crash=1", {"stems": ["other"]})
     wait_for_job(service, created["job_id"], predicate=lambda j: j["current_stage"] == "separation")
     ray.kill(replica_actor("PipelineWorker"), no_restart=False)
     job = wait_for_job(service, created["job_id"], timeout=180)
