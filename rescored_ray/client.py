@@ -91,6 +91,25 @@ def file_url(job_id: str, file: str) -> str:
     return f"{API}/scores/{job_id}{layout.route_of(file)}"
 
 
+STREAM_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Pauses before each new attempt at a job's WebSocket after it dropped; then polling."""
+STATUS_RETRY_S = 60.0
+"""How long a status request is asked again through transient failures before they are raised."""
+
+
+def _transient(exc: Exception) -> bool:
+    """A failure worth asking again: no connection, or the service's 502/503/504 while it moves a replica."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, ServiceError) and exc.status_code in (500, 502, 503, 504)
+
+
+def _sleep_within(seconds: float, deadline: float | None) -> None:
+    if deadline is not None:
+        seconds = min(seconds, max(0.0, deadline - time.monotonic()))
+    time.sleep(seconds)
+
+
 def _submission(url: str, priority: str, options: dict[str, Any]) -> dict[str, Any]:
     return {"url": url, "priority": priority, "options": JobOptions.of(options).given()}
 
@@ -101,6 +120,8 @@ class _Follower:
     def __init__(self, job_id: str, progress: bool, on_message: Callable[[dict[str, Any]], None] | None):
         self.job_id = job_id
         self.on_message = on_message
+        self.reconnects = 0
+        """Streams opened again after one dropped."""
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -162,6 +183,8 @@ class Job:
         self.info = info or {}
         self.final: dict[str, Any] | None = None
         """The job's status once :meth:`wait` saw it complete."""
+        self.reconnects = 0
+        """How many times the last :meth:`wait` opened the job's stream again after it dropped."""
 
     @property
     def deduplicated(self) -> bool:
@@ -182,22 +205,35 @@ class Job:
     ) -> dict[str, Any]:
         """Block until the job ends; returns its final status, or raises :class:`JobFailed`,
         :class:`JobCancelled` or ``TimeoutError``. Progress comes from the WebSocket stream
-        (a tqdm bar: a widget in Jupyter, text in a terminal); polling takes over if it drops."""
+        (a tqdm bar: a widget in Jupyter, text in a terminal). A stream that drops (the
+        ingress replica's node went away, a proxy restarted) is opened again: each new stream
+        starts with the job's state, so nothing is missed; polling takes over if it keeps failing."""
         deadline = None if timeout is None else time.monotonic() + timeout
         follower = _Follower(self.id, progress, on_message)
         try:
-            try:
-                self._stream(follower, deadline)
-            except TimeoutError:
-                raise
-            except Exception:  # no WebSocket (proxy, dropped connection): poll instead
-                self._poll(follower, deadline)
-            self.final = _outcome(self.id, self.status())
+            for pause in (*STREAM_RETRY_PAUSES_S, None):
+                try:
+                    if self._stream(follower, deadline):
+                        break
+                except TimeoutError:
+                    raise
+                except Exception:  # no WebSocket, or it dropped mid-job
+                    pass
+                if pause is None:
+                    self._poll(follower, deadline)
+                    break
+                follower.reconnects += 1
+                _sleep_within(pause, deadline)
+            self.final = _outcome(self.id, self._status_within(deadline))
             return self.final
         finally:
+            self.reconnects = follower.reconnects
             follower.close()
 
-    def _stream(self, follower: _Follower, deadline: float | None) -> None:
+    def _stream(self, follower: _Follower, deadline: float | None) -> bool:
+        """Follow the WebSocket; True when the job's last message came, False when the
+        server closed the stream before it (a replica shutting down)."""
+        from websockets.exceptions import ConnectionClosedOK
         from websockets.sync.client import connect
 
         url = self.client.ws_url(f"{API}/jobs/{self.id}/stream")
@@ -208,11 +244,27 @@ class Job:
                     raw = ws.recv(timeout=remaining)
                 except TimeoutError:
                     raise TimeoutError(f"job {self.id} did not finish in time") from None
+                except ConnectionClosedOK:
+                    return False
                 if follower.message(json.loads(raw)):
-                    return
+                    return True
+
+    def _status_within(self, deadline: float | None) -> dict[str, Any]:
+        """The job's status, asked again through transient failures (a 5xx or a refused
+        connection while the service moves a replica) for up to :data:`STATUS_RETRY_S`."""
+        give_up = time.monotonic() + STATUS_RETRY_S
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        while True:
+            try:
+                return self.status()
+            except (httpx.TransportError, ServiceError) as exc:
+                if not _transient(exc) or time.monotonic() > give_up:
+                    raise
+            _sleep_within(1.0, give_up)
 
     def _poll(self, follower: _Follower, deadline: float | None, interval: float = 0.5) -> None:
-        while not follower.status(self.status()):
+        while not follower.status(self._status_within(deadline)):
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.id} did not finish in time")
             time.sleep(interval)
@@ -323,27 +375,47 @@ class AsyncJob:
         follower = _Follower(self.id, progress, on_message)
         try:
             async with asyncio.timeout(timeout):
-                try:
-                    await self._stream(follower)
-                except (TimeoutError, asyncio.CancelledError):
-                    raise
-                except Exception:
-                    while not follower.status(await self.status()):
-                        await asyncio.sleep(0.5)
-            return _outcome(self.id, await self.status())
+                for pause in (*STREAM_RETRY_PAUSES_S, None):
+                    try:
+                        if await self._stream(follower):
+                            break
+                    except (TimeoutError, asyncio.CancelledError):
+                        raise
+                    except Exception:  # no WebSocket, or it dropped mid-job: the same rules as Job.wait
+                        pass
+                    if pause is None:
+                        while not follower.status(await self._status_retrying()):
+                            await asyncio.sleep(0.5)
+                        break
+                    follower.reconnects += 1
+                    await asyncio.sleep(pause)
+                return _outcome(self.id, await self._status_retrying())
         except TimeoutError:
             raise TimeoutError(f"job {self.id} did not finish in time") from None
         finally:
             follower.close()
 
-    async def _stream(self, follower: _Follower) -> None:
+    async def _stream(self, follower: _Follower) -> bool:
+        """True when the job's last message came; False when the stream closed before it."""
         from websockets.asyncio.client import connect
 
         url = self.client.ws_url(f"{API}/jobs/{self.id}/stream")
         async with connect(url, additional_headers=self.client.headers, open_timeout=30, close_timeout=5) as ws:
-            async for raw in ws:
+            async for raw in ws:  # ends quietly on a clean close, raises on a dropped one
                 if follower.message(json.loads(raw)):
-                    return
+                    return True
+        return False
+
+    async def _status_retrying(self) -> dict[str, Any]:
+        """:meth:`status` through transient failures for up to :data:`STATUS_RETRY_S`."""
+        give_up = time.monotonic() + STATUS_RETRY_S
+        while True:
+            try:
+                return await self.status()
+            except (httpx.TransportError, ServiceError) as exc:
+                if not _transient(exc) or time.monotonic() > give_up:
+                    raise
+            await asyncio.sleep(1.0)
 
     async def events(self, timeout: float | None = None) -> list[dict[str, Any]]:
         collected: list[dict[str, Any]] = []

@@ -120,13 +120,12 @@ def build_app(settings: Settings, gpus_available: bool | None = None) -> Applica
         )
         .bind(data, ledger, separator, transcriber)
     )
+    ingress: dict[str, Any] = {"num_replicas": service.ingress_replicas}
+    if service.ingress_replicas_per_node is not None:  # spread over nodes: a lost node takes one replica
+        ingress["max_replicas_per_node"] = service.ingress_replicas_per_node
     return (
         _deployment(Ingress)
-        .options(
-            num_replicas=service.ingress_replicas,
-            ray_actor_options={"num_cpus": 0},
-            logging_config=logging_config,
-        )
+        .options(**ingress, ray_actor_options={"num_cpus": 0}, logging_config=logging_config)
         .bind(data, ledger, worker)
     )
 

@@ -93,6 +93,12 @@ class ServiceConfig(Section):
     ingress_replicas: int = Field(
         1, ge=1, description="Ingress (HTTP/WebSocket) replicas; more than one is for the Redis ledger."
     )
+    ingress_replicas_per_node: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many ingress replicas on one node (Serve's max_replicas_per_node): 1 "
+        "spreads them, so losing a node loses one replica and its streams reconnect to another.",
+    )
     worker_slots: int = Field(1, ge=1, description="Jobs running at once; each slot runs one job at a time.")
     worker_num_cpus: float = Field(0.5, ge=0)
     lease_s: float = Field(30.0, gt=0, description="A job whose worker misses heartbeats this long is re-queued.")

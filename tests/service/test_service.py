@@ -197,11 +197,11 @@ def test_soft_time_limit_stops_the_attempt_and_retries(service, http_server):
 
 @pytest.fixture(scope="module")
 def long_mix(band_mix, media_dir, http_server) -> str:
-    """The band mix four times over (63 s): separation lasts seconds, not one poll's worth."""
+    """The band mix twice over (31.5 s): its separation lasts seconds."""
     samples, rate = read_wav(band_mix.path)
     path = media_dir / "service" / "long-mix.wav"
     path.parent.mkdir(exist_ok=True)
-    write_wav(path, np.tile(samples, (4, 1)), rate)
+    write_wav(path, np.tile(samples, (2, 1)), rate)
     return http_server.url(path.relative_to(media_dir).as_posix())
 
 
@@ -210,12 +210,19 @@ def test_job_survives_its_worker_dying_mid_separation(service, long_mix):
 
     wait_idle(service)
     created = submit(service, long_mix + "?crash=1", {"stems": ["other"]})
-    wait_for_job(service, created["job_id"], predicate=lambda j: j["current_stage"] == "separation")
+    # the stream says when separation starts (polling can fall between its start and end)
+    with ws_connect(created["websocket_url"], open_timeout=10) as ws:
+        for raw in ws:
+            message = json.loads(raw)
+            assert message["type"] not in ("completed", "error", "cancelled"), message
+            if message.get("stage") == "separation" or message.get("current_stage") == "separation":
+                break
     ray.kill(replica_actor("PipelineWorker"), no_restart=False)
     job = wait_for_job(service, created["job_id"], timeout=180)
     assert job["status"] == "completed", job
     outcomes = [a["outcome"] for a in job["attempts"]]
     assert outcomes == ["lease_expired", "completed"], outcomes
+    assert job["attempts"][0]["stage"] == "separation", job["attempts"]
     assert job["attempts"][0]["worker"] != job["attempts"][1]["worker"]
     assert service.get(f"/api/v1/scores/{created['job_id']}").status_code == 200
 
