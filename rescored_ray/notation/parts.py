@@ -65,7 +65,7 @@ def _single_staff_clef(notes: Sequence[QNote], role: str) -> str:
 
 
 def _finish_staff(notes: list[QNote], grid: ScoreGrid) -> None:
-    voices.legato(notes, grid.beat_ticks)
+    voices.legato(notes, grid.beat_ticks, line=voices.is_line(notes))
     voices.assign_voices(notes)
     voices.absorb_short_rests(notes, grid)
     voices.balance_measures(notes, grid)
@@ -78,6 +78,8 @@ def plan_parts(placed: Mapping[str, list[QNote]], grid: ScoreGrid) -> list[PartP
     for stem, qs in sorted(placed.items(), key=lambda kv: _ROLE_ORDER[role_of(kv[0])]):
         role = role_of(stem)
         name = part_name(stem)
+        ghosts = {id(q) for q in voices.line_ghosts(qs)}
+        qs = [q for q in qs if id(q) not in ghosts]  # a melody's stray notes are not written
         inst = _instrument(role, name)
         if role == "keyboard":
             hands = voices.assign_hands(qs, grid.beat_ticks)
