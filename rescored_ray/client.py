@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from rescored_ray import layout
 from rescored_ray.errors import (
@@ -102,6 +103,12 @@ def _transient(exc: Exception) -> bool:
     if isinstance(exc, httpx.TransportError):
         return True
     return isinstance(exc, ServiceError) and exc.status_code in (500, 502, 503, 504)
+
+
+def _busy(refused: InvalidHandshake) -> bool:
+    """A refused WebSocket upgrade worth trying again: a 5xx (a replica busy or moving), not
+    a 4xx or a server that does not speak WebSocket (a proxy without it: poll instead)."""
+    return isinstance(refused, InvalidStatus) and refused.response.status_code >= 500
 
 
 def _sleep_within(seconds: float, deadline: float | None) -> None:
@@ -217,7 +224,9 @@ class Job:
                         break
                 except TimeoutError:
                     raise
-                except Exception:  # no WebSocket, or it dropped mid-job
+                except InvalidHandshake as exc:
+                    pause = pause if _busy(exc) else None  # refused for good: asking again won't help
+                except Exception:  # it dropped mid-job, or could not connect
                     pass
                 if pause is None:
                     self._poll(follower, deadline)
@@ -381,7 +390,9 @@ class AsyncJob:
                             break
                     except (TimeoutError, asyncio.CancelledError):
                         raise
-                    except Exception:  # no WebSocket, or it dropped mid-job: the same rules as Job.wait
+                    except InvalidHandshake as exc:  # the same rules as Job.wait
+                        pause = pause if _busy(exc) else None
+                    except Exception:
                         pass
                     if pause is None:
                         while not follower.status(await self._status_retrying()):

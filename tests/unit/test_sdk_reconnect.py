@@ -103,3 +103,29 @@ def test_a_permanent_refusal_is_not_retried():
     with pytest.raises(sdk.JobNotFound):
         sdk.Job(client, JOB)._status_within(deadline=None)
     assert calls["n"] == 1
+
+
+def test_a_server_that_refuses_websockets_is_polled_at_once():
+    """A proxy that answers the upgrade with a plain 404: no reconnects, straight to polling."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NoWebSockets(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoWebSockets)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        client = sdk.Client(base)
+        client._http = httpx.Client(base_url=base, transport=status_transport(failures=0))
+        job = sdk.Job(client, JOB)
+        assert job.wait(timeout=30, progress=False)["status"] == "completed"
+        assert job.reconnects == 0
+    finally:
+        server.shutdown()
