@@ -195,23 +195,6 @@ class NodeLossRun:
             time.sleep(0.1)
         raise TimeoutError(f"job {job_id} never reached the awaited state")
 
-    def wait_for_stage(self, job_id: str, stage: str, timeout: float = 120.0) -> dict:
-        """Follow the job's stream until it enters ``stage`` (a poll can fall between a short
-        stage's start and end; the stream cannot); returns the job's record."""
-        from websockets.sync.client import connect
-
-        deadline = time.monotonic() + timeout
-        with connect(f"ws://127.0.0.1:{self.port}/api/v1/jobs/{job_id}/stream", open_timeout=30) as ws:
-            while True:
-                message = json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
-                if message["type"] in ("completed", "error", "cancelled"):
-                    raise AssertionError(f"job {job_id} ended before the fault could hit it: {message}")
-                if stage in (message.get("stage"), message.get("current_stage")):
-                    break
-        job = self.job(job_id)
-        assert job is not None, f"job {job_id} did not answer"
-        return job
-
     def account(self, row: Row, job_ids: list[str], started: float) -> Row:
         """Wait for every job to end (or the row's time to run out), then count."""
         import redis
@@ -266,7 +249,11 @@ class NodeLossRun:
         row, started = Row("worker_node_lost"), time.monotonic()
         separating = self.submit("node-loss/long-mix.wav", "row=1", {"stems": ["other"]})
         other = self.submit("chorale.mp3", "row=1")
-        job = self.wait_for_stage(separating, "separation")
+        from tests.service_app import wait_for_stage  # imports ray: not before main() set its environment
+
+        wait_for_stage(str(self.http.base_url), separating, "separation")  # a poll can miss it
+        job = self.job(separating)
+        assert job is not None, f"job {separating} did not answer"
         worker_pid = int(job["attempts"][-1]["worker"].split("-")[1])  # worker-<pid>-<hex>
         node = self.replica_node("PipelineWorker", pid=worker_pid)
         row.details["node_residents"] = self.lose_node(node)

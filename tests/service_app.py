@@ -38,6 +38,7 @@ def deploy(data_dir, pipeline=None, **service) -> Settings:
 
 
 TERMINAL = {"completed", "failed", "cancelled"}
+TERMINAL_MESSAGES = {"completed", "error", "cancelled"}  # a job stream's last message
 
 
 def wait_for_job(client, job_id, timeout=120, statuses=TERMINAL, predicate=None, poll_s=0.1) -> dict:
@@ -56,6 +57,27 @@ def wait_for_job(client, job_id, timeout=120, statuses=TERMINAL, predicate=None,
             raise AssertionError(f"job {job_id} ended ({job['status']}) before the awaited state: {job}")
         time.sleep(poll_s)
     raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+
+
+def wait_for_stage(base_url: str, job_id: str, stage: str, timeout: float = 120.0) -> None:
+    """Follow the job's WebSocket until it enters ``stage``: a poll can fall between the start
+    and the end of a short stage on a loaded machine, a stream cannot. Fails if the job ends first."""
+    import json
+    import time
+
+    from websockets.sync.client import connect
+
+    url = base_url.rstrip("/").replace("http://", "ws://", 1) + f"/api/v1/jobs/{job_id}/stream"
+    deadline = time.monotonic() + timeout
+    with connect(url, open_timeout=30) as ws:
+        while True:
+            try:
+                message = json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                raise AssertionError(f"job {job_id} never reached {stage}") from None
+            assert message["type"] not in TERMINAL_MESSAGES, f"job {job_id} ended before {stage}: {message}"
+            if stage in (message.get("stage"), message.get("current_stage")):
+                return
 
 
 def replica(deployment: str):

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service_app import deploy, replica_actor
+from tests.service_app import deploy, replica_actor, wait_for_stage
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SEPARATED = {"stems": ["other", "bass"]}
@@ -79,21 +79,8 @@ def _get(client, job_id):
 
 
 def _until_running(client, job_id, stage="separation", timeout=60):
-    """Follow the job's stream until it enters ``stage``: a poll can fall between the start
-    and the end of a short stage on a loaded machine, a stream cannot."""
-    from websockets.sync.client import connect
-
-    url = str(client.base_url).rstrip("/").replace("http://", "ws://", 1) + f"/api/v1/jobs/{job_id}/stream"
-    deadline = time.monotonic() + timeout
-    with connect(url, open_timeout=30) as ws:
-        while True:
-            try:
-                message = json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
-            except TimeoutError:
-                raise AssertionError(f"job {job_id} never reached {stage}") from None
-            assert message["type"] not in ("completed", "error", "cancelled"), f"job ended before {stage}: {message}"
-            if stage in (message.get("stage"), message.get("current_stage")):
-                return _get(client, job_id)
+    wait_for_stage(str(client.base_url), job_id, stage, timeout)
+    return _get(client, job_id)
 
 
 def account(client, name: str, job_ids: list[str], timeout: float = 180) -> dict:

@@ -17,7 +17,7 @@ from websockets.sync.client import connect as ws_connect
 
 from rescored_ray.precision import resolve_precision
 from tests.media import read_wav, write_wav
-from tests.service_app import deploy, replica_actor, wait_for_job
+from tests.service_app import deploy, replica_actor, wait_for_job, wait_for_stage
 
 FAST = {"separation": "none", "stems": ["mix"]}
 
@@ -210,13 +210,7 @@ def test_job_survives_its_worker_dying_mid_separation(service, long_mix):
 
     wait_idle(service)
     created = submit(service, long_mix + "?crash=1", {"stems": ["other"]})
-    # the stream says when separation starts (polling can fall between its start and end)
-    with ws_connect(created["websocket_url"], open_timeout=10) as ws:
-        for raw in ws:
-            message = json.loads(raw)
-            assert message["type"] not in ("completed", "error", "cancelled"), message
-            if message.get("stage") == "separation" or message.get("current_stage") == "separation":
-                break
+    wait_for_stage(str(service.base_url), created["job_id"], "separation")  # a poll can miss it
     ray.kill(replica_actor("PipelineWorker"), no_restart=False)
     job = wait_for_job(service, created["job_id"], timeout=180)
     assert job["status"] == "completed", job
