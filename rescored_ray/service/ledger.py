@@ -592,6 +592,11 @@ class LedgerPolicy:
         return True
 
     def _apply_complete(self, tx: Any, job: JobRecord, result: dict, timeline: list[dict] | None, now: float) -> bool:
+        """Complete the job. Its stream reads 100 % before "completed" even when the worker's
+        last report (fire and forget) arrives after the acknowledgement and is dropped."""
+        if job.progress < 100:
+            done = {"progress": 100, "stage": "musicxml", "message": "Transcription complete"}
+            self._emit(tx, job.job_id, "progress", done, now)
         self._end_attempt(job, now, "completed", timeline=timeline)
         job.status = JobStatus.COMPLETED
         job.progress = 100
