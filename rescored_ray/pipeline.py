@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,13 +20,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
+
 from rescored_ray import decode, layout, notation, outputs, source
 from rescored_ray.config import PipelineConfig
-from rescored_ray.errors import NonRetryableError, log_unexpected, unexpected
+from rescored_ray.errors import NonRetryableError, PipelineError, log_unexpected, unexpected
 from rescored_ray.interfaces import Checkpoint, NoteTranscriber, ProgressCallback, StemSeparator
 from rescored_ray.timeline import Timeline, ran_on
 from rescored_ray.transcription import stems_to_transcribe
-from rescored_ray.types import Audio, Note, SourceInfo
+from rescored_ray.types import SAMPLE_RATE, Audio, Note, SourceInfo
 
 if TYPE_CHECKING:
     from rescored_ray.storage import ResultStore
@@ -277,6 +280,28 @@ class Pipeline:
             )
             span.workers = ran_on(self.transcriber)
         return notes
+
+    def warm_up_notation(self) -> float:
+        """Notate and write a tiny synthetic song; return the seconds it took.
+
+        music21, numba's beat kernels and verovio cost seconds on their first call in a process
+        (0.2 s after): a process that will notate pays that here, before its first real song and
+        outside that song's time limit. Call it on the thread that will notate (verovio renders
+        only in the thread that first used it). A failure is logged, not raised: a cold song is
+        slower, never wrong.
+        """
+        started = time.perf_counter()
+        tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
+        audio = Audio(np.stack([tone, tone]), SAMPLE_RATE)
+        notes = {"other": [Note(0.5 * i, 0.5 * i + 0.4, 60 + 2 * i, 80, "other") for i in range(4)]}
+        try:
+            with tempfile.TemporaryDirectory(prefix="rescored_warmup_") as folder:
+                self.write("warm-up", "warm-up", None, audio, {"other": audio}, notes, Path(folder))
+        except PipelineError as exc:
+            log.warning("notation warm-up failed: %s", exc)
+        seconds = time.perf_counter() - started
+        log.info("notation warmed up in %.1f s", seconds)
+        return seconds
 
     def write(
         self,

@@ -30,9 +30,11 @@ from tests.media import (
     RenderedPiece,
     encode,
     make_broken_inputs,
+    read_wav,
     render_band_mix,
     render_chorale,
     write_rss_feed,
+    write_wav,
 )
 
 CHORALE_CORPUS = "bach/bwv66.6"
@@ -132,6 +134,19 @@ def chorale_encoded(media_set) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def band_mix(media_set) -> RenderedPiece:
     return media_set.band_mix
+
+
+@pytest.fixture(scope="session")
+def long_mix(band_mix, media_dir, http_server) -> str:
+    """The band mix twice over (31.5 s), served over HTTP: its separation lasts seconds, so a
+    test that reacts to "separation started" still lands inside it on a loaded machine."""
+    import numpy as np
+
+    samples, rate = read_wav(band_mix.path)
+    path = media_dir / "service" / "long-mix.wav"
+    path.parent.mkdir(exist_ok=True)
+    write_wav(path, np.tile(samples, (2, 1)), rate)
+    return http_server.url(path.relative_to(media_dir).as_posix())
 
 
 @pytest.fixture(scope="session")

@@ -117,13 +117,15 @@ class NodeLossRun:
     def add_worker_node(self):
         return self.cluster.add_node(**WORKER_NODE, temp_dir=str(self.temp_dir))
 
-    def lose_node(self, node_id: str) -> list[str]:
+    def lose_node(self, node_id: str, actors: list | None = None) -> list[str]:
         """Kill one worker node outright (SIGKILL: no drain, no goodbye), wait until Ray calls
-        it dead, then let a fresh node join; returns the replicas that lived on it."""
+        it dead, then let a fresh node join; returns the replicas that lived on it (from
+        ``actors``, a listing read earlier, when the kill must not wait for the state API)."""
         import ray
 
         node = next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
-        residents = sorted(a.name for a in self.alive_actors() if a.node_id == node_id and a.name)
+        actors = self.alive_actors() if actors is None else actors
+        residents = sorted(a.name for a in actors if a.node_id == node_id and a.name)
         self.cluster.remove_node(node, allow_graceful=False)
         deadline = time.monotonic() + 60
         while any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
@@ -138,11 +140,11 @@ class NodeLossRun:
 
         return list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
 
-    def replica_node(self, deployment: str, pid: int | None = None) -> str:
+    def replica_node(self, deployment: str, pid: int | None = None, actors: list | None = None) -> str:
         """Node id of a live replica of ``deployment`` (the one with process ``pid``, if given)
-        that is on a worker node."""
+        that is on a worker node (looked up in ``actors`` when given)."""
         workers = {n.node_id for n in self.cluster.worker_nodes}
-        for actor in self.alive_actors():
+        for actor in self.alive_actors() if actors is None else actors:
             ours = f"rescored#{deployment}#" in (actor.name or "") and actor.node_id in workers
             if ours and (pid is None or actor.pid == pid):
                 return actor.node_id
@@ -247,6 +249,7 @@ class NodeLossRun:
 
     def worker_node_lost(self) -> Row:
         row, started = Row("worker_node_lost"), time.monotonic()
+        actors = self.alive_actors()  # read first: once separation starts, only the kill may wait
         separating = self.submit("node-loss/long-mix.wav", "row=1", {"stems": ["other"]})
         other = self.submit("chorale.mp3", "row=1")
         from tests.service_app import wait_for_stage  # imports ray: not before main() set its environment
@@ -255,8 +258,8 @@ class NodeLossRun:
         job = self.job(separating)
         assert job is not None, f"job {separating} did not answer"
         worker_pid = int(job["attempts"][-1]["worker"].split("-")[1])  # worker-<pid>-<hex>
-        node = self.replica_node("PipelineWorker", pid=worker_pid)
-        row.details["node_residents"] = self.lose_node(node)
+        node = self.replica_node("PipelineWorker", pid=worker_pid, actors=actors)
+        row.details["node_residents"] = self.lose_node(node, actors)
         return self.account(row, [separating, other], started)
 
     def ingress_node_lost(self) -> Row:

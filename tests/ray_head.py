@@ -163,7 +163,12 @@ class RayHead:
         except Exception:  # the head may already be gone; the sweep below still runs
             pass
 
-    def _kill_marked(self) -> None:
-        for pid in self.marked_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    def _kill_marked(self, within_s: float = 10.0) -> None:
+        """SIGKILL every process of this cluster, again until none is left (a kill is not
+        instant: a dying process can still be read in /proc for a moment)."""
+        deadline = time.monotonic() + within_s
+        while (pids := self.marked_pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)

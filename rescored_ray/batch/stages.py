@@ -19,11 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -272,23 +270,10 @@ class WriteScore(_RowStage):
         self.store = ResultStore(output_uri)
         self.run_id = run_id
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescored-notation")
-        self.thread.submit(self.warm_up).result()
+        self.thread.submit(self.pipeline.warm_up_notation).result()
 
     def __call__(self, row: dict) -> dict:
         return self.thread.submit(super().__call__, row).result()
-
-    def warm_up(self) -> None:
-        started = time.perf_counter()
-        rate = SAMPLE_RATE
-        tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate)).astype(np.float32)
-        audio = Audio(np.stack([tone, tone]), rate)
-        notes = {"other": [Note(0.5 * i, 0.5 * i + 0.4, 60 + 2 * i, 80, "other") for i in range(4)]}
-        try:
-            with tempfile.TemporaryDirectory(prefix="rescored_warmup_") as folder:
-                self.pipeline.write("warm-up", "warm-up", None, audio, {"other": audio}, notes, Path(folder))
-        except PipelineError as exc:  # a cold first entry is slower, never wrong
-            log.warning("notation warm-up failed: %s", exc)
-        log.info("notation warmed up in %.1f s", time.perf_counter() - started)
 
     def process(self, row: dict) -> dict:
         if row["status"] == RUNNING:

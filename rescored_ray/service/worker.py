@@ -111,6 +111,9 @@ class PipelineWorker:
 
     # -- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
+        # Before the first lease, and on this thread (the one that notates): a cold first job
+        # would spend seconds of its soft time limit on music21's, numba's and verovio's start-up.
+        Pipeline(self.pipeline).warm_up_notation()
         while not self._stop.is_set():
             try:
                 # a long-poll: returns the moment a job is queued, or None after poll_s

@@ -60,6 +60,9 @@ def test_the_tracker_counts_rows_and_shows_them_on_its_own_clock():
     for status in ("completed", "failed", "completed"):
         tracker.add(status)
     time.sleep(0.3)  # no rows meanwhile: the figures still show (a long model load looks alive)
+    deadline = time.monotonic() + 10  # a loaded machine may starve the tracker's thread a while
+    while len(view.shown) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     tracker.close()
     assert len(view.shown) >= 3
     assert view.closed is not None

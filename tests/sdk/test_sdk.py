@@ -39,7 +39,10 @@ def client(base_url):
 
 @pytest.fixture(scope="module")
 def chorale_url(http_server, chorale_encoded, media_dir):
-    return http_server.url(chorale_encoded["mp3"].relative_to(media_dir))
+    """Served after a 1 s pause: the SDK opens the job's stream once the POST has returned, and a
+    stream starts from the job's state then, so without the pause a quick job could be past its
+    download stage before anyone listens."""
+    return http_server.url(f"delay/1/{chorale_encoded['mp3'].relative_to(media_dir).as_posix()}")
 
 
 @pytest.fixture(scope="module")

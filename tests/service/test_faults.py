@@ -116,24 +116,26 @@ def account(client, name: str, job_ids: list[str], timeout: float = 180) -> dict
     return row
 
 
-def test_pipeline_worker_killed_mid_separation(service, http_server):
+def test_pipeline_worker_killed_mid_separation(service, http_server, long_mix):
     import ray
 
-    ids = _submit(service, http_server.url("mix.wav"), 3, "worker")
-    _until_running(service, ids[0])
-    ray.kill(replica_actor("PipelineWorker"), no_restart=False)
+    victim = replica_actor("PipelineWorker")  # looked up before: the kill lands while separation runs
+    ids = _submit(service, long_mix, 1, "worker") + _submit(service, http_server.url("mix.wav"), 2, "worker")
+    wait_for_stage(str(service.base_url), ids[0], "separation")
+    ray.kill(victim, no_restart=False)
     row = account(service, "pipeline worker killed mid-separation", ids)
     assert (row["completed"], row["lost"], row["duplicated"]) == (3, 0, 0), row
     first = row["attempts"][ids[0][:8]]
     assert first[0][0] == "lease_expired" and first[-1][0] == "completed"  # explained in the record
 
 
-def test_separator_replica_killed_mid_separation(service, http_server):
+def test_separator_replica_killed_mid_separation(service, http_server, long_mix):
     import ray
 
-    ids = _submit(service, http_server.url("mix.wav"), 2, "separator")
-    _until_running(service, ids[0])
-    ray.kill(replica_actor("Separator"), no_restart=False)
+    victim = replica_actor("Separator")
+    ids = _submit(service, long_mix, 1, "separator") + _submit(service, http_server.url("mix.wav"), 1, "separator")
+    wait_for_stage(str(service.base_url), ids[0], "separation")
+    ray.kill(victim, no_restart=False)
     row = account(service, "separator replica killed mid-separation", ids)
     assert (row["completed"], row["lost"], row["duplicated"]) == (2, 0, 0), row
     first = row["attempts"][ids[0][:8]]

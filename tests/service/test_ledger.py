@@ -760,8 +760,9 @@ def _leaser_loop(store: Any, name: str, out: list) -> None:
         assert store.complete(job.job_id, name, {"by": name})
 
 
-def _child_leaser(path: str, name: str, start, q) -> None:
+def _child_leaser(path: str, name: str, ready, start, q) -> None:
     store = open_store(path)
+    ready.put(name)  # the store is open: the parent starts everyone together
     got: list = []
     try:
         start.wait(20)
@@ -782,11 +783,13 @@ def test_lease_exclusive_across_threads_and_processes(db: str) -> None:
     setup.close()  # no SQLite connection may be open in this process across fork()
 
     ctx = _mp_context()
-    start = ctx.Event()
+    start, ready = ctx.Event(), ctx.Queue()
     q = ctx.Queue()
-    procs = [ctx.Process(target=_child_leaser, args=(db, f"proc{i}", start, q), daemon=True) for i in range(2)]
+    procs = [ctx.Process(target=_child_leaser, args=(db, f"proc{i}", ready, start, q), daemon=True) for i in range(2)]
     for p in procs:
         p.start()
+    for _ in procs:
+        ready.get(timeout=60)
 
     setup = open_store(db)
     shared = open_store(db)  # two threads share one instance, two have their own

@@ -64,7 +64,7 @@ def ingress_rss() -> int:
     return psutil.Process(replica("Ingress").pid).memory_info().rss
 
 
-def drain(base: str, replies, timeout: float = 120) -> dict[str, dict]:
+def drain(base: str, replies, timeout: float = 300) -> dict[str, dict]:
     """Wait until every accepted job is finished; returns them by id (each seen by its owner)."""
     owners = {body["job_id"]: name for name, status, body in replies if status == 201}
     tokens = {**TOKENS, **WARMUP}

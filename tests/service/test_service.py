@@ -11,12 +11,10 @@ import time
 
 import httpx
 import music21
-import numpy as np
 import pytest
 from websockets.sync.client import connect as ws_connect
 
 from rescored_ray.precision import resolve_precision
-from tests.media import read_wav, write_wav
 from tests.service_app import deploy, replica_actor, wait_for_job, wait_for_stage
 
 FAST = {"separation": "none", "stems": ["mix"]}
@@ -195,23 +193,14 @@ def test_soft_time_limit_stops_the_attempt_and_retries(service, http_server):
     assert wait_for_job(service, created["job_id"], timeout=60)["status"] == "cancelled"
 
 
-@pytest.fixture(scope="module")
-def long_mix(band_mix, media_dir, http_server) -> str:
-    """The band mix twice over (31.5 s): its separation lasts seconds."""
-    samples, rate = read_wav(band_mix.path)
-    path = media_dir / "service" / "long-mix.wav"
-    path.parent.mkdir(exist_ok=True)
-    write_wav(path, np.tile(samples, (2, 1)), rate)
-    return http_server.url(path.relative_to(media_dir).as_posix())
-
-
 def test_job_survives_its_worker_dying_mid_separation(service, long_mix):
     import ray
 
     wait_idle(service)
+    victim = replica_actor("PipelineWorker")  # looked up first: the kill lands the moment separation starts
     created = submit(service, long_mix + "?crash=1", {"stems": ["other"]})
     wait_for_stage(str(service.base_url), created["job_id"], "separation")  # a poll can miss it
-    ray.kill(replica_actor("PipelineWorker"), no_restart=False)
+    ray.kill(victim, no_restart=False)
     job = wait_for_job(service, created["job_id"], timeout=180)
     assert job["status"] == "completed", job
     outcomes = [a["outcome"] for a in job["attempts"]]
@@ -246,6 +235,10 @@ def test_ledger_restart_keeps_every_job(service, http_server):
 
 def test_fifty_concurrent_submissions_all_accounted_for(service, http_server):
     wait_idle(service)
+    # The one worker slot is busy (a download that stalls 20 s) while the burst arrives and is
+    # cancelled: every one of the fifty is still queued when its cancel lands, however slow the machine.
+    blocker = submit(service, http_server.url("delay/20/chorale.mp3") + "?burst=blocker", FAST)
+    wait_for_job(service, blocker["job_id"], statuses=("running",), timeout=60)
     results, errors = [], []
 
     def one(i):
@@ -272,3 +265,5 @@ def test_fifty_concurrent_submissions_all_accounted_for(service, http_server):
         service.delete(f"/api/v1/jobs/{job_id}")
     statuses = [wait_for_job(service, job_id, timeout=120)["status"] for job_id in ids]
     assert set(statuses) <= {"cancelled", "completed"} and statuses.count("cancelled") >= 45
+    service.delete(f"/api/v1/jobs/{blocker['job_id']}")
+    assert wait_for_job(service, blocker["job_id"], timeout=60)["status"] in ("cancelled", "completed")
