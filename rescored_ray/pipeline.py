@@ -24,7 +24,7 @@ import numpy as np
 
 from rescored_ray import decode, layout, notation, outputs, source
 from rescored_ray.config import PipelineConfig
-from rescored_ray.errors import NonRetryableError, PipelineError, log_unexpected, unexpected
+from rescored_ray.errors import NonRetryableError, log_unexpected, unexpected
 from rescored_ray.interfaces import Checkpoint, NoteTranscriber, ProgressCallback, StemSeparator
 from rescored_ray.timeline import Timeline, ran_on
 from rescored_ray.transcription import stems_to_transcribe
@@ -297,7 +297,7 @@ class Pipeline:
         try:
             with tempfile.TemporaryDirectory(prefix="rescored_warmup_") as folder:
                 self.write("warm-up", "warm-up", None, audio, {"other": audio}, notes, Path(folder))
-        except PipelineError as exc:
+        except Exception as exc:  # whatever it is, the first real song meets it too, and reports it
             log.warning("notation warm-up failed: %s", exc)
         seconds = time.perf_counter() - started
         log.info("notation warmed up in %.1f s", seconds)

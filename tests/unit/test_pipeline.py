@@ -197,3 +197,27 @@ def test_stem_choice_that_yields_nothing_is_a_permanent_error_and_mix_skips_sepa
     pipeline = Pipeline(config(tmp_path, **separated), transcriber=transcriber)
     result = pipeline.run(str(chorale.path), tmp_path / "mix")
     assert result.stems == ["mix"] and result.n_notes > 50 and pipeline._separator is None
+
+
+def test_notation_warm_up_writes_a_score_and_never_raises(monkeypatch, caplog, tmp_path):
+    """The warm-up runs the real writer on a synthetic song and leaves nothing behind; a
+    failure is logged, not raised, so a worker whose warm-up breaks still takes jobs."""
+    import tempfile
+
+    from rescored_ray import notation
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    written: list[str] = []
+    real = notation.write_musicxml
+    monkeypatch.setattr(notation, "write_musicxml", lambda score, path: (written.append(str(path)), real(score, path)))
+    assert Pipeline().warm_up_notation() > 0
+    assert written and "rescored_warmup_" in written[0]
+    assert not list(tmp_path.glob("rescored_warmup_*"))  # it notated, then removed its folder
+
+    def broken(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(notation, "notate", broken)
+    with caplog.at_level("WARNING", logger="rescored_ray.pipeline"):
+        assert Pipeline().warm_up_notation() > 0
+    assert "notation warm-up failed" in caplog.text
