@@ -105,10 +105,17 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, ServiceError) and exc.status_code in (500, 502, 503, 504)
 
 
-def _busy(refused: InvalidHandshake) -> bool:
-    """A refused WebSocket upgrade worth trying again: a 5xx (a replica busy or moving), not
-    a 4xx or a server that does not speak WebSocket (a proxy without it: poll instead)."""
-    return isinstance(refused, InvalidStatus) and refused.response.status_code >= 500
+def _next_pause(pause: float | None, failure: Exception) -> float | None:
+    """After a stream attempt failed: the pause before opening it again, or None to poll.
+
+    A dropped stream or a refused connection is tried again; so is an upgrade refused with a
+    5xx (a replica busy or moving). One refused with a 4xx, or by a server that does not speak
+    WebSocket (a proxy without it), is refused for good: asking again won't help.
+    """
+    if isinstance(failure, InvalidHandshake):
+        busy = isinstance(failure, InvalidStatus) and failure.response.status_code >= 500
+        return pause if busy else None
+    return pause
 
 
 def _sleep_within(seconds: float, deadline: float | None) -> None:
@@ -224,10 +231,8 @@ class Job:
                         break
                 except TimeoutError:
                     raise
-                except InvalidHandshake as exc:
-                    pause = pause if _busy(exc) else None  # refused for good: asking again won't help
-                except Exception:  # it dropped mid-job, or could not connect
-                    pass
+                except Exception as exc:  # it dropped mid-job, could not connect, or was refused
+                    pause = _next_pause(pause, exc)
                 if pause is None:
                     self._poll(follower, deadline)
                     break
@@ -390,17 +395,15 @@ class AsyncJob:
                             break
                     except (TimeoutError, asyncio.CancelledError):
                         raise
-                    except InvalidHandshake as exc:  # the same rules as Job.wait
-                        pause = pause if _busy(exc) else None
-                    except Exception:
-                        pass
+                    except Exception as exc:  # the same rules as Job.wait
+                        pause = _next_pause(pause, exc)
                     if pause is None:
-                        while not follower.status(await self._status_retrying()):
+                        while not follower.status(await self._status_within()):
                             await asyncio.sleep(0.5)
                         break
                     follower.reconnects += 1
                     await asyncio.sleep(pause)
-                return _outcome(self.id, await self._status_retrying())
+                return _outcome(self.id, await self._status_within())
         except TimeoutError:
             raise TimeoutError(f"job {self.id} did not finish in time") from None
         finally:
@@ -417,8 +420,9 @@ class AsyncJob:
                     return True
         return False
 
-    async def _status_retrying(self) -> dict[str, Any]:
-        """:meth:`status` through transient failures for up to :data:`STATUS_RETRY_S`."""
+    async def _status_within(self) -> dict[str, Any]:
+        """:meth:`status` through transient failures for up to :data:`STATUS_RETRY_S` (the
+        caller's ``asyncio.timeout`` bounds it too)."""
         give_up = time.monotonic() + STATUS_RETRY_S
         while True:
             try:
